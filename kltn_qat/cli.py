@@ -7,19 +7,19 @@ Docs: https://kltn-qat.github.io/kltn_qat/cli.html.md"""
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/60_cli.ipynb #2d946ae1
+# %% ../nbs/60_cli.ipynb #ed220a88
 import argparse, sys
 
-# %% ../nbs/60_cli.ipynb #ac0e34b4
+# %% ../nbs/60_cli.ipynb #0a9ed70f
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #6acdbfb4
+# %% ../nbs/60_cli.ipynb #b4f3bda3
 def _version(args):
     "Print the package version."
     print(kltn_qat.__version__)
 
-# %% ../nbs/60_cli.ipynb #8d21dcdd
+# %% ../nbs/60_cli.ipynb #c83e5a4f
 def build_parser()->argparse.ArgumentParser:
     "The argument parser of `kltn-qat` with all its subcommands."
     p = argparse.ArgumentParser(prog='kltn-qat',
@@ -29,7 +29,7 @@ def build_parser()->argparse.ArgumentParser:
     s = sub.add_parser('version', help='print the version'); s.set_defaults(func=_version)
     return p
 
-# %% ../nbs/60_cli.ipynb #78383d8e
+# %% ../nbs/60_cli.ipynb #a9089292
 def main(argv:list[str]|None=None)->int:
     "Run `kltn-qat` with `argv` (default: the process arguments); returns the exit code."
     p = build_parser()

@@ -8,15 +8,15 @@ Docs: https://kltn-qat.github.io/kltn_qat/core.html.md"""
 __all__ = ['KltnError', 'ConfigError', 'DataError', 'QuantError', 'CheckpointError', 'ultralytics_offline', 'set_seed',
            'get_device', 'check_file', 'atomic_save']
 
-# %% ../nbs/00_core.ipynb #96559e0c
+# %% ../nbs/00_core.ipynb #a53a6ba7
 import os, random
 from pathlib import Path
 
-# %% ../nbs/00_core.ipynb #299eb5e8
+# %% ../nbs/00_core.ipynb #56e1adc5
 import numpy as np
 import torch
 
-# %% ../nbs/00_core.ipynb #08a18208
+# %% ../nbs/00_core.ipynb #1cb0764b
 class KltnError(Exception):
     "Base class of every error `kltn_qat` raises on bad input; the message says what to do."
 
@@ -32,7 +32,7 @@ class QuantError(KltnError, ValueError):
 class CheckpointError(KltnError, ValueError):
     "A file is not a usable kltn_qat checkpoint."
 
-# %% ../nbs/00_core.ipynb #ca5e85a7
+# %% ../nbs/00_core.ipynb #577a856d
 def ultralytics_offline():
     "Tell Ultralytics not to download or auto-install anything (keeps values a user set)."
     os.environ.setdefault('YOLO_OFFLINE', '1')
@@ -41,7 +41,7 @@ def ultralytics_offline():
 
 ultralytics_offline()
 
-# %% ../nbs/00_core.ipynb #d6f96f03
+# %% ../nbs/00_core.ipynb #699288f5
 def set_seed(seed:int=0,              # seed for python, numpy and torch (CPU and CUDA)
              deterministic:bool=False, # also ask torch for deterministic kernels (slower)
             ):
@@ -52,7 +52,7 @@ def set_seed(seed:int=0,              # seed for python, numpy and torch (CPU an
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
-# %% ../nbs/00_core.ipynb #25fe76c7
+# %% ../nbs/00_core.ipynb #2dfd4c26
 def get_device(device:str|torch.device|None=None, # 'cpu', 'cuda', 'cuda:1', or None for the best available
               )->torch.device:
     "The torch device to use; a clear error when CUDA is asked for but absent."
@@ -62,7 +62,7 @@ def get_device(device:str|torch.device|None=None, # 'cpu', 'cuda', 'cuda:1', or 
         raise KltnError(f"device '{device}' was asked for but this machine has no CUDA GPU: use --device cpu")
     return d
 
-# %% ../nbs/00_core.ipynb #61a54c59
+# %% ../nbs/00_core.ipynb #316d366d
 def check_file(path:str|Path,     # a file the user named
                what:str='file',   # what it is, for the message ("weights", "data.yaml", ...)
                hint:str='',       # what to do when it is missing
@@ -73,7 +73,7 @@ def check_file(path:str|Path,     # a file the user named
     if p.is_dir(): raise KltnError(f"{what} must be a file, but {p} is a folder")
     return p
 
-# %% ../nbs/00_core.ipynb #b4fe34d2
+# %% ../nbs/00_core.ipynb #25b2f572
 def atomic_save(obj, path:str|Path):
     "`torch.save` to a temporary file, then rename: a killed process never leaves half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)

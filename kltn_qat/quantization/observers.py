@@ -7,16 +7,16 @@ Docs: https://kltn-qat.github.io/kltn_qat/observers.html.md"""
 # %% auto #0
 __all__ = ['Observer', 'MinMaxObserver', 'MovingAverageMinMaxObserver']
 
-# %% ../../nbs/03_observers.ipynb #cfc2a410
+# %% ../../nbs/03_observers.ipynb #0387c14b
 import math
 
-# %% ../../nbs/03_observers.ipynb #262ee274
+# %% ../../nbs/03_observers.ipynb #6a6c18bd
 import torch
 from torch import nn, Tensor
 from ..core import QuantError
 from .schemes import QScheme, UINT8_ACT, INT8_WEIGHT, qparams, channel_range
 
-# %% ../../nbs/03_observers.ipynb #fb835ab8
+# %% ../../nbs/03_observers.ipynb #2f848b04
 class Observer(nn.Module):
     "Base class: records the range of the tensors it sees; `calculate_qparams` turns it into scale and zero point."
     def __init__(self, scheme:QScheme=UINT8_ACT):
@@ -81,14 +81,14 @@ class Observer(nn.Module):
         return (f"bits={s.bits}, {'symmetric' if s.symmetric else 'asymmetric'}, {'signed' if s.signed else 'unsigned'}, "
                 f"{'per-channel(axis=' + str(s.ch_axis) + ')' if s.per_channel else 'per-tensor'}")
 
-# %% ../../nbs/03_observers.ipynb #b3e17739
+# %% ../../nbs/03_observers.ipynb #803666bd
 class MinMaxObserver(Observer):
     "The running minimum and maximum of everything seen (per tensor or per channel)."
     def observe(self, x, lo, hi):
         if int(self.n_seen) == 0: self._set_range(lo, hi)
         else: self._set_range(torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi))
 
-# %% ../../nbs/03_observers.ipynb #46470a89
+# %% ../../nbs/03_observers.ipynb #3ba65396
 class MovingAverageMinMaxObserver(Observer):
     "Exponential moving average of each batch's min and max (per tensor or per channel)."
     def __init__(self, scheme:QScheme=UINT8_ACT,

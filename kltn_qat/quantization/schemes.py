@@ -8,17 +8,17 @@ Docs: https://kltn-qat.github.io/kltn_qat/schemes.html.md"""
 __all__ = ['INT8_WEIGHT', 'UINT8_ACT', 'QScheme', 'qparams', 'quantize', 'dequantize', 'fake_quantize_ref', 'sqnr',
            'channel_range', 'fake_quantize_minmax', 'plot_grid']
 
-# %% ../../nbs/02_schemes.ipynb #6e580dd8
+# %% ../../nbs/02_schemes.ipynb #fea52d2c
 from dataclasses import dataclass, asdict, replace
 import math
 
-# %% ../../nbs/02_schemes.ipynb #ff8dc85f
+# %% ../../nbs/02_schemes.ipynb #33ed4dab
 import torch
 import matplotlib.pyplot as plt
 from torch import Tensor
 from ..core import QuantError
 
-# %% ../../nbs/02_schemes.ipynb #d90c6f53
+# %% ../../nbs/02_schemes.ipynb #8ee5c452
 @dataclass(frozen=True)
 class QScheme:
     "How a tensor is quantized: bit width, signedness, symmetry, granularity."
@@ -48,11 +48,11 @@ class QScheme:
 
     def to_dict(self)->dict: return asdict(self)
 
-# %% ../../nbs/02_schemes.ipynb #356998a5
+# %% ../../nbs/02_schemes.ipynb #c11ba77c
 INT8_WEIGHT = QScheme(8, symmetric=True, signed=True, per_channel=True, ch_axis=0)  # per-channel symmetric int8 weights
 UINT8_ACT = QScheme(8, symmetric=False, signed=False)                                # per-tensor asymmetric uint8 activations
 
-# %% ../../nbs/02_schemes.ipynb #823013d7
+# %% ../../nbs/02_schemes.ipynb #da58c80a
 def _check_range(lo:Tensor, hi:Tensor):
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise QuantError(f"range contains NaN or Inf (lo={lo.flatten()[:4].tolist()}, hi={hi.flatten()[:4].tolist()}): "
@@ -62,7 +62,7 @@ def _check_range(lo:Tensor, hi:Tensor):
         raise QuantError(f"lo > hi at index {i} (lo={lo.flatten()[i].item():g}, hi={hi.flatten()[i].item():g}): "
                          "a range must have lo <= hi")
 
-# %% ../../nbs/02_schemes.ipynb #399b707a
+# %% ../../nbs/02_schemes.ipynb #3fae0913
 def qparams(lo:Tensor|float,      # smallest value to represent (per-channel: one per channel)
             hi:Tensor|float,      # largest value to represent
             scheme:QScheme=UINT8_ACT, # how to quantize
@@ -82,7 +82,7 @@ def qparams(lo:Tensor|float,      # smallest value to represent (per-channel: on
         zp = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
     return scale.to(torch.float32), zp
 
-# %% ../../nbs/02_schemes.ipynb #0761b88e
+# %% ../../nbs/02_schemes.ipynb #b4e359d6
 def _bcast(t:Tensor, x:Tensor, scheme:QScheme)->Tensor:
     "Reshape per-channel qparams `t` so that they broadcast against `x` along the scheme's channel axis."
     if not scheme.per_channel or t.ndim == 0: return t
@@ -104,7 +104,7 @@ def fake_quantize_ref(x:Tensor, scale:Tensor, zero_point:Tensor, scheme:QScheme=
     "Quantize then dequantize: the float values an integer kernel would see."
     return dequantize(quantize(x, scale, zero_point, scheme), scale, zero_point, scheme)
 
-# %% ../../nbs/02_schemes.ipynb #b99e3de0
+# %% ../../nbs/02_schemes.ipynb #13fc44e2
 def sqnr(ref:Tensor,  # the float reference
          x:Tensor,    # its approximation (fake-quantized, or a quantized model's output)
         )->float:
@@ -115,7 +115,7 @@ def sqnr(ref:Tensor,  # the float reference
     if noise == 0: return math.inf
     return 10 * math.log10(max(ref.pow(2).sum().item(), 1e-30) / noise)
 
-# %% ../../nbs/02_schemes.ipynb #80704e08
+# %% ../../nbs/02_schemes.ipynb #7ecf1856
 def channel_range(x:Tensor, scheme:QScheme)->tuple[Tensor,Tensor]:
     "Min and max of `x`: over the whole tensor, or per slice along the scheme's channel axis."
     if not scheme.per_channel: return x.min(), x.max()
@@ -128,7 +128,7 @@ def fake_quantize_minmax(x:Tensor, scheme:QScheme)->Tensor:
     "Fake-quantize `x` with the qparams of its own min-max range (a one-shot reference, no observer)."
     return fake_quantize_ref(x, *qparams(*channel_range(x, scheme), scheme), scheme)
 
-# %% ../../nbs/02_schemes.ipynb #79c06d8a
+# %% ../../nbs/02_schemes.ipynb #a01f3325
 def plot_grid(x:Tensor, schemes:dict[str,QScheme], bins:int=200, ax=None):
     "Histogram of `x` with the quantization levels of each scheme (min-max range) drawn over it."
     if ax is None: _, ax = plt.subplots(figsize=(7, 3))
