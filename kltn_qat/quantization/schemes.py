@@ -48,8 +48,8 @@ class QScheme:
 
     def to_dict(self)->dict: return asdict(self)
 
-# %% ../../nbs/02_schemes.ipynb #c11ba77c
-INT8_WEIGHT = QScheme(8, symmetric=True, signed=True, per_channel=True, ch_axis=0)  # per-channel symmetric int8 weights
+# %% ../../nbs/02_schemes.ipynb #8a0d52fc
+INT8_WEIGHT = QScheme(8, symmetric=True, signed=True, per_channel=True, ch_axis=0, narrow=True)  # per-channel symmetric int8 weights, [-127, 127]
 UINT8_ACT = QScheme(8, symmetric=False, signed=False)                                # per-tensor asymmetric uint8 activations
 
 # %% ../../nbs/02_schemes.ipynb #da58c80a
