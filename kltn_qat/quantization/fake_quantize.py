@@ -18,7 +18,7 @@ from ..core import QuantError
 from .schemes import QScheme, UINT8_ACT, INT8_WEIGHT, qparams, fake_quantize_ref, sqnr
 from .observers import Observer, MinMaxObserver, MovingAverageMinMaxObserver
 
-# %% ../../nbs/04_fake_quantize.ipynb #d1da483d
+# %% ../../nbs/04_fake_quantize.ipynb #3b17377e
 class FakeQuantize(nn.Module):
     "Observer + fake quantization with a straight-through gradient; switches for each."
     def __init__(self, observer:Observer|None=None, # collects the range; default: moving-average min-max over `scheme`
@@ -33,13 +33,16 @@ class FakeQuantize(nn.Module):
         self.register_buffer('fake_quant_enabled', torch.tensor(1, dtype=torch.uint8))
         self.register_buffer('observer_enabled', torch.tensor(1, dtype=torch.uint8))
         self.register_buffer('calibrated', torch.tensor(0, dtype=torch.uint8))
+        self._stale = False   # the observer saw data since the qparams were last computed
 
     @property
     def layer_name(self)->str: return self.observer.layer_name
     @layer_name.setter
     def layer_name(self, name:str): self.observer.layer_name = name
 
-    def enable_observer(self, on:bool=True): self.observer_enabled.fill_(int(on)); return self
+    def enable_observer(self, on:bool=True):
+        if not on: self.sync_qparams()
+        self.observer_enabled.fill_(int(on)); return self
     def disable_observer(self): return self.enable_observer(False)
     def enable_fake_quant(self, on:bool=True): self.fake_quant_enabled.fill_(int(on)); return self
     def disable_fake_quant(self): return self.enable_fake_quant(False)
@@ -51,6 +54,15 @@ class FakeQuantize(nn.Module):
         self.scale.copy_(scale); self.zero_point.copy_(zero_point); self.calibrated.fill_(1)
 
     def calculate_qparams(self)->tuple[Tensor,Tensor]: return self.observer.calculate_qparams()
+
+    def sync_qparams(self):
+        "Compute scale and zero point from the observer if it saw data since they were last computed."
+        if self._stale and int(self.observer.n_seen) > 0: self.set_qparams(*self.observer.calculate_qparams())
+        self._stale = False
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.sync_qparams()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _check_ready(self):
         if not int(self.calibrated):
@@ -66,10 +78,9 @@ class FakeQuantize(nn.Module):
 
     def forward(self, x:Tensor)->Tensor:
         if self.observer_enabled:
-            self.observer(x.detach())
-            self.set_qparams(*self.observer.calculate_qparams())
+            self.observer(x.detach()); self._stale = True
         if self.fake_quant_enabled:
-            self._check_ready()
+            self.sync_qparams(); self._check_ready()
             dt = x.dtype
             x = self._fake_quant(x if dt == torch.float32 else x.float())
             if dt != torch.float32: x = x.to(dt)
@@ -84,12 +95,12 @@ class FakeQuantize(nn.Module):
     def extra_repr(self)->str:
         return f"fake_quant={bool(self.fake_quant_enabled)}, observer={bool(self.observer_enabled)}, calibrated={bool(self.calibrated)}"
 
-# %% ../../nbs/04_fake_quantize.ipynb #51f2e7b6
+# %% ../../nbs/04_fake_quantize.ipynb #cdddb5b6
 def lsq_grad_factor(numel_per_scale:int, qmax:int)->float:
     "LSQ's gradient scale $1/\\sqrt{N q_{max}}$ for a scale shared by `numel_per_scale` values."
     return 1.0 / math.sqrt(max(numel_per_scale, 1) * max(qmax, 1))
 
-# %% ../../nbs/04_fake_quantize.ipynb #ff48e388
+# %% ../../nbs/04_fake_quantize.ipynb #46128d5c
 class LearnableFakeQuantize(FakeQuantize):
     "Fake quantization whose scale (and optionally zero point) is learned with LSQ's gradient."
     def __init__(self, observer:Observer|None=None, scheme:QScheme|None=None,
@@ -112,9 +123,9 @@ class LearnableFakeQuantize(FakeQuantize):
 
     def forward(self, x:Tensor)->Tensor:
         if self.observer_enabled:
-            self.observer(x.detach()); self.set_qparams(*self.observer.calculate_qparams())
+            self.observer(x.detach()); self._stale = True
         if not self.fake_quant_enabled: return x
-        self._check_ready()
+        self.sync_qparams(); self._check_ready()
         s = self.scheme
         self.learned_scale.data.clamp_(min=self.eps)
         zp = self.learned_zero_point.clamp(s.qmin, s.qmax)
@@ -138,7 +149,7 @@ class LearnableFakeQuantize(FakeQuantize):
                 self._parameters[name].data = torch.empty_like(state_dict[k])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-# %% ../../nbs/04_fake_quantize.ipynb #c28b6a63
+# %% ../../nbs/04_fake_quantize.ipynb #71d30adf
 def freeze(fq:FakeQuantize)->FakeQuantize:
     "A fixed-qparams `FakeQuantize` equivalent to `fq` (observer off), e.g. to export a learned quantizer."
     out = FakeQuantize(copy.deepcopy(fq.observer))
@@ -154,7 +165,7 @@ def freeze_quantizers(model:nn.Module)->nn.Module:
             if isinstance(child, LearnableFakeQuantize): setattr(m, cname, freeze(child))
     return model
 
-# %% ../../nbs/04_fake_quantize.ipynb #3d5dd920
+# %% ../../nbs/04_fake_quantize.ipynb #b658d8f2
 def quantizers(model:nn.Module)->list[tuple[str,FakeQuantize]]:
     "All `(name, FakeQuantize)` pairs of `model`."
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
