@@ -7,19 +7,78 @@ Docs: https://kltn-qat.github.io/kltn_qat/cli.html.md"""
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/60_cli.ipynb #ed220a88
-import argparse, sys
+# %% ../nbs/60_cli.ipynb #f2980a56
+import argparse, json, sys
+from pathlib import Path
 
 # %% ../nbs/60_cli.ipynb #0a9ed70f
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #b4f3bda3
+# %% ../nbs/60_cli.ipynb #09aab434
 def _version(args):
-    "Print the package version."
     print(kltn_qat.__version__)
 
-# %% ../nbs/60_cli.ipynb #c83e5a4f
+def _data_synth(args):
+    from kltn_qat.data import synth_dataset
+    p = synth_dataset(args.out, train=args.train, valid=args.valid, test=args.test, seed=args.seed,
+                      preset=args.preset, overwrite=args.overwrite)
+    print(p)
+
+def _data_check(args):
+    from kltn_qat.data import check_dataset, print_report, plot_dataset
+    r = check_dataset(args.data_yaml, strict=args.strict)
+    print_report(r)
+    if args.plots: plot_dataset(r, save_dir=args.plots)
+
+def _train_fp32(args):
+    from kltn_qat.training import train_fp32
+    print(train_fp32(args.data, args.model, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, lr0=args.lr0,
+                     workers=args.workers, device=args.device, seed=args.seed, project=args.project, name=args.name))
+
+def _calibrate(args):
+    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    print(calibrate_checkpoint(args.weights, args.data, args.out, n_images=args.n_images, imgsz=args.imgsz,
+                               qconfig=args.qconfig, batch=args.batch, method=args.method, device=args.device or None))
+
+def _train_qat(args):
+    from kltn_qat.training import train_qat
+    from kltn_qat.config import load_config
+    cfg = load_config(args.config, {'qat': {k: v for k, v in (('epochs', args.epochs), ('batch', args.batch)) if v is not None}})
+    res = train_qat(args.data, args.weights, qconfig=cfg.qconfig, qat=cfg.qat, imgsz=args.imgsz or cfg.model.imgsz,
+                    calib_images=cfg.calibration.n_images, calib_batch=cfg.calibration.batch, fp32_lr0=cfg.fp32.lr0,
+                    device=args.device, seed=cfg.seed, project=args.project, name=args.name, resume=args.resume)
+    print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))
+
+def _evaluate(args):
+    from kltn_qat.evaluation import evaluate
+    r = evaluate(args.weights, args.data, split=args.split, imgsz=args.imgsz, batch=args.batch, device=args.device)
+    print(json.dumps(r, indent=1))
+    if args.json: Path(args.json).write_text(json.dumps(r, indent=1))
+
+def _benchmark_train(args):
+    from kltn_qat.evaluation import benchmark_train_step
+    from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, set_quant_state
+    fp32 = load_fp32(args.weights, nc=args.nc)
+    qat = prepare_qat(fp32, args.qconfig)
+    set_quant_state(qat, observers=True, fake_quant=True)
+    df = benchmark_train_step({'fp32': fp32, 'qat': qat}, imgsz=args.imgsz, batch=args.batch, steps=args.steps, device=args.device)
+    print(df.to_string(float_format=lambda v: f"{v:.2f}"))
+    if args.json: Path(args.json).write_text(df.reset_index().to_json(orient='records', indent=1))
+
+def _docs_build(args):
+    from kltn_qat.docs import build_docs
+    print(build_docs(args.out, execute=not args.no_execute))
+
+def _docs_readme(args):
+    from kltn_qat.docs import sync_readme
+    print(sync_readme())
+
+# %% ../nbs/60_cli.ipynb #7c488cc2
+def _add_common(s, data=True, device=True):
+    if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
+    if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
+
 def build_parser()->argparse.ArgumentParser:
     "The argument parser of `kltn-qat` with all its subcommands."
     p = argparse.ArgumentParser(prog='kltn-qat',
@@ -27,15 +86,67 @@ def build_parser()->argparse.ArgumentParser:
     p.add_argument('--version', action='version', version=f'kltn-qat {kltn_qat.__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     s = sub.add_parser('version', help='print the version'); s.set_defaults(func=_version)
+
+    d = sub.add_parser('data', help='the built-in synthetic dataset; check a dataset').add_subparsers(dest='data_cmd', metavar='ACTION')
+    s = d.add_parser('synth', help='write the synthetic Vietnamese traffic-sign dataset')
+    s.add_argument('--out', required=True); s.add_argument('--train', type=int, default=300)
+    s.add_argument('--valid', type=int, default=60); s.add_argument('--test', type=int, default=60)
+    s.add_argument('--seed', type=int, default=0); s.add_argument('--preset', default='quick', choices=['quick', 'realistic'])
+    s.add_argument('--overwrite', action='store_true'); s.set_defaults(func=_data_synth)
+    s = d.add_parser('check', help='validate a dataset and print its statistics')
+    s.add_argument('data_yaml'); s.add_argument('--strict', action='store_true', help='fail on the first bad file')
+    s.add_argument('--plots', help='save class balance / box size / example plots to this folder')
+    s.set_defaults(func=_data_check)
+
+    s = sub.add_parser('train-fp32', help='train the FP32 baseline with Ultralytics')
+    _add_common(s); s.add_argument('--model', default='yolov8n.yaml', help='a model yaml (from scratch) or a local .pt')
+    s.add_argument('--imgsz', type=int, default=320); s.add_argument('--epochs', type=int, default=20)
+    s.add_argument('--batch', type=int, default=16); s.add_argument('--lr0', type=float, default=0.01)
+    s.add_argument('--workers', type=int, default=0); s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--project', default='runs'); s.add_argument('--name', default='fp32'); s.set_defaults(func=_train_fp32)
+
+    s = sub.add_parser('calibrate', help='PTQ: prepare + calibrate an FP32 model into a kltn_qat checkpoint')
+    _add_common(s); s.add_argument('--weights', required=True, help='FP32 Ultralytics .pt')
+    s.add_argument('--out', required=True, help='the kltn_qat checkpoint to write')
+    s.add_argument('--n-images', type=int, default=64); s.add_argument('--imgsz', type=int, default=640)
+    s.add_argument('--batch', type=int, default=8); s.add_argument('--qconfig', default='w8a8', help='preset name or YAML file')
+    s.add_argument('--method', default=None, help='activation observer: minmax, moving_average, percentile, mse, entropy')
+    s.set_defaults(func=_calibrate)
+
+    s = sub.add_parser('train-qat', help='QAT fine-tuning from an FP32 .pt (calibrates first)')
+    _add_common(s); s.add_argument('--weights', required=True, help='FP32 Ultralytics .pt')
+    s.add_argument('--config', default=None, help='study config YAML (its qat:, qconfig:, calibration: sections)')
+    s.add_argument('--imgsz', type=int, default=None); s.add_argument('--epochs', type=int, default=None)
+    s.add_argument('--batch', type=int, default=None); s.add_argument('--project', default='runs'); s.add_argument('--name', default='qat')
+    s.add_argument('--resume', action='store_true', help='continue the interrupted run PROJECT/NAME'); s.set_defaults(func=_train_qat)
+
+    s = sub.add_parser('evaluate', help='mAP of a .pt (FP32 or kltn_qat) or .onnx model')
+    _add_common(s, device=False); s.add_argument('--weights', required=True); s.add_argument('--split', default='test')
+    s.add_argument('--imgsz', type=int, default=None); s.add_argument('--batch', type=int, default=8)
+    s.add_argument('--device', default='cpu'); s.add_argument('--json', help='also write the metrics here')
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser('benchmark-train', help='time of one training step, QAT vs FP32, side by side')
+    s.add_argument('--weights', default='yolov8n.yaml', help='FP32 .pt or a model yaml'); s.add_argument('--nc', type=int, default=None)
+    s.add_argument('--qconfig', default='w8a8'); s.add_argument('--imgsz', type=int, default=320)
+    s.add_argument('--batch', type=int, default=8); s.add_argument('--steps', type=int, default=10)
+    s.add_argument('--device', default='cpu'); s.add_argument('--json'); s.set_defaults(func=_benchmark_train)
+
+    d = sub.add_parser('docs', help='the documentation site and README').add_subparsers(dest='docs_cmd', metavar='ACTION')
+    s = d.add_parser('build', help='build the HTML site from the notebooks (offline)'); s.add_argument('--out', default=None)
+    s.add_argument('--no-execute', action='store_true'); s.set_defaults(func=_docs_build)
+    s = d.add_parser('readme', help='write README.md from nbs/index.ipynb'); s.set_defaults(func=_docs_readme)
     return p
 
-# %% ../nbs/60_cli.ipynb #a9089292
+# %% ../nbs/60_cli.ipynb #207c0522
 def main(argv:list[str]|None=None)->int:
     "Run `kltn-qat` with `argv` (default: the process arguments); returns the exit code."
     p = build_parser()
     args = p.parse_args(argv)
     if not getattr(args, 'func', None):
-        p.print_help(); return 1
+        sub = {'data': 'data', 'docs': 'docs'}.get(args.command)
+        p.parse_args([sub, '--help'] if sub else ['--help'])
+        return 1
     try:
         args.func(args)
     except KltnError as e:
