@@ -277,7 +277,7 @@ def write_drift(out:str|Path, results_csv:str|Path, fp32:dict|None=None, ptq:dic
         w = csv.DictWriter(f, ['stage', 'map50', 'map50_95']); w.writeheader(); w.writerows(rows)
     return out
 
-# %% ../nbs/30_training.ipynb #faa0b0fe
+# %% ../nbs/30_training.ipynb #df097c96
 def train_qat(data:str|Path,                   # a data.yaml
               weights:str|Path,                # the FP32 model: an Ultralytics .pt
               qconfig='w8a8',                  # preset name, YAML file, dict or QConfigMap
@@ -289,6 +289,7 @@ def train_qat(data:str|Path,                   # a data.yaml
               device:str='', seed:int=0,
               project:str|Path='runs', name:str='qat',
               resume:bool=False,               # continue the killed run `project/name`
+              ptq:str|Path|None=None,          # start from this calibrated kltn_qat checkpoint instead of calibrating
              )->dict:
     "FP32 weights → PTQ (calibrated) → QAT fine-tuning; returns the paths of what it wrote."
     out = Path(project).absolute() / name
@@ -302,9 +303,11 @@ def train_qat(data:str|Path,                   # a data.yaml
         cfg = check_qat_config(qat)
         set_seed(seed)
         data = prepare_data_yaml(data, out)
-        qmodel = prepare_qat(load_fp32(weights), qconfig)
-        from kltn_qat.quantization.calibration import calibration_batches
-        calibrate(qmodel, calibration_batches(data, imgsz=imgsz, batch=calib_batch, n_images=calib_images, split='train'))
+        if ptq is not None: qmodel, _ = load_checkpoint(ptq)
+        else:
+            qmodel = prepare_qat(load_fp32(weights), qconfig)
+            from kltn_qat.quantization.calibration import calibration_batches
+            calibrate(qmodel, calibration_batches(data, imgsz=imgsz, batch=calib_batch, n_images=calib_images, split='train'))
         from dataclasses import asdict
         ptq = save_checkpoint(qmodel, out / 'ptq.pt', imgsz=imgsz,
                               extra={'qat': asdict(cfg), 'teacher': str(Path(weights).absolute()), 'fp32_lr0': fp32_lr0})
