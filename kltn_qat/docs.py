@@ -208,7 +208,7 @@ class _PageExporter(HTMLExporter):
         r = _SiteRenderer(escape=False, attachments=cell.get('attachments', {}), embed_images=self.embed_images, path=path)
         return MarkdownWithMath(renderer=r).render(_pandoc_links(source))
 
-# %% ../nbs/70_docs.ipynb #45833ab0
+# %% ../nbs/70_docs.ipynb #f3aba756
 _PAGE_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
@@ -257,6 +257,8 @@ body.site { margin: 0; padding: 0; overflow: visible; background: #fff; }
 .jp-RenderedHTMLCommon :is(h1,h2,h3,h4):hover a.anchor-link { display: inline; margin-left: 0.3em; color: #999; text-decoration: none; }
 .jp-RenderedHTMLCommon math[display="block"] { margin: 0.8em 0; }
 .jp-OutputArea-output img { max-width: 100%; height: auto; }
+.docs-error { border: 2px solid #cf222e; background: #fff5f5; border-radius: 6px; padding: 0.8rem 1rem; color: #82071e; }
+.docs-error pre { white-space: pre-wrap; color: #24292f; }
 .jp-InputArea-editor { overflow-x: auto; }
 .jp-RenderedHTMLCommon pre, .jp-InputArea-editor pre { white-space: pre; word-break: normal; overflow-x: auto; }
 .jp-RenderedMarkdown hr + p > a[target="_blank"] { float: right; font-size: smaller; }
@@ -360,13 +362,14 @@ def _site_css()->str:
     from pygments.formatters import HtmlFormatter
     return '\n'.join([_read('index.css'), _read('theme-light.css'), HtmlFormatter(style='default').get_style_defs('.highlight'), _SITE_CSS])
 
-# %% ../nbs/70_docs.ipynb #32cc9193
+# %% ../nbs/70_docs.ipynb #c125639b
 def build_docs(out:str|Path|None=None,  # site folder (default: `_site/` in the project root)
                nbs:str|Path|None=None,  # notebooks folder (default: the project's `nbs/`)
                execute:bool=True,       # run the notebooks (False: only what the API docs need, like Quarto's --no-execute)
                file_glob:str|None=None, # build only notebooks whose file name matches, e.g. '03_*' (index.html is always built)
                timeout:int=600,         # seconds one cell may run
                verbose:bool=False,      # print each page and its build time
+               keep_going:bool=False,   # a failing notebook gets a page showing its error, the build goes on, and fails at the end
               )->Path:
     "Build the static HTML doc site from the notebooks, offline; returns the site folder."
     cfg = get_config()
@@ -377,16 +380,30 @@ def build_docs(out:str|Path|None=None,  # site folder (default: `_site/` in the 
         raise DocsError(f"no notebook matches file_glob={file_glob!r}; the notebooks are: {', '.join(p.nb.name for p in pages)}")
     out.mkdir(parents=True, exist_ok=True)
     (out/'site.css').write_text(_site_css(), encoding='utf-8')
+    failed = []
     for p in todo:
         t0 = time.time()
-        nb, _ = run_notebook(p.nb, execute=execute, timeout=timeout)
+        try: page, err = render_page(run_notebook(p.nb, execute=execute, timeout=timeout)[0], p, pages), None
+        except DocsError as e:
+            if not keep_going: raise
+            page, err = _error_page(e, p, pages), e
+            failed.append(e)
         dest = out/p.href
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(render_page(nb, p, pages), encoding='utf-8')
-        if verbose: print(f'{dest}  ({time.time()-t0:.1f} s)', flush=True)
+        dest.write_text(page, encoding='utf-8')
+        if verbose: print(f'{dest}  ({time.time()-t0:.1f} s){"  FAILED" if err else ""}', flush=True)
+    if failed:
+        raise DocsError(f"{len(failed)} of {len(todo)} notebooks failed; their pages show the error:\n\n" + '\n\n'.join(map(str, failed)))
     return out
 
-# %% ../nbs/70_docs.ipynb #48f6b58b
+# %% ../nbs/70_docs.ipynb #1417aa88
+def _error_page(err:Exception, page:DocPage, pages:list[DocPage])->str:
+    "A page that says, in red, why its notebook could not be built."
+    msg = html.escape(str(err)).replace('\n', '&#10;')
+    cell = nbformat.v4.new_markdown_cell(f'<div class="docs-error"><strong>This page could not be built.</strong><pre>{msg}</pre></div>')
+    return render_page(nbformat.v4.new_notebook(cells=[cell]), page, pages)
+
+# %% ../nbs/70_docs.ipynb #350f7c70
 def _readme_paths(index, out):
     cfg = get_config()
     index = Path(index) if index else cfg.nbs_path/cfg.get('readme_nb', 'index.ipynb')
