@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #09aab434
+# %% ../nbs/60_cli.ipynb #0d57cd3b
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -66,15 +66,30 @@ def _benchmark_train(args):
     print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     if args.json: Path(args.json).write_text(df.reset_index().to_json(orient='records', indent=1))
 
+def _benchmark(args):
+    from kltn_qat.deployment.benchmark import benchmark, print_benchmark
+    df = benchmark(args.models, threads=args.threads, imgsz=args.imgsz, runs=args.runs, warmup=args.warmup,
+                   json_out=args.json, plot_out=args.plot)
+    print_benchmark(df)
+
+def _pipeline(args):
+    from kltn_qat.pipeline import run_pipeline
+    m = run_pipeline(args.config, data=args.data, out=args.out, force=args.force, device=args.device)
+    from kltn_qat.pipeline import metrics_table
+    print(metrics_table(m).to_string(float_format=lambda v: f"{v:.3f}"))
+
 def _docs_build(args):
     from kltn_qat.docs import build_docs
-    print(build_docs(args.out, execute=not args.no_execute))
+    print(build_docs(args.out, execute=not args.no_execute, file_glob=args.file_glob, keep_going=args.keep_going))
 
 def _docs_readme(args):
-    from kltn_qat.docs import sync_readme
-    print(sync_readme())
+    from kltn_qat.docs import sync_readme, readme_in_sync
+    if args.check:
+        if not readme_in_sync(): raise KltnError("README.md is out of date with nbs/index.ipynb: run `kltn-qat docs readme`")
+        print('README.md is in sync with nbs/index.ipynb')
+    else: print(sync_readme())
 
-# %% ../nbs/60_cli.ipynb #7c488cc2
+# %% ../nbs/60_cli.ipynb #70135dd8
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
@@ -132,10 +147,26 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--batch', type=int, default=8); s.add_argument('--steps', type=int, default=10)
     s.add_argument('--device', default='cpu'); s.add_argument('--json'); s.set_defaults(func=_benchmark_train)
 
+    s = sub.add_parser('benchmark', help='latency / throughput / memory / size of ONNX models, side by side')
+    s.add_argument('models', nargs='+', help='.onnx files; the first is the reference (FP32)')
+    s.add_argument('--threads', type=int, default=2); s.add_argument('--imgsz', type=int, default=None)
+    s.add_argument('--runs', type=int, default=30); s.add_argument('--warmup', type=int, default=5)
+    s.add_argument('--json', default=None); s.add_argument('--plot', default=None); s.set_defaults(func=_benchmark)
+
+    s = sub.add_parser('pipeline', help='the whole study: data, FP32, PTQ, QAT, export, evaluation, benchmark, report')
+    s.add_argument('--config', default='configs/quick.yaml'); s.add_argument('--data', default=None, help='your data.yaml (default: synthetic)')
+    s.add_argument('--out', default=None, help='run folder (default: runs/<config name>)')
+    s.add_argument('--force', action='store_true', help='re-run finished stages'); s.add_argument('--device', default=None)
+    s.set_defaults(func=_pipeline)
+
     d = sub.add_parser('docs', help='the documentation site and README').add_subparsers(dest='docs_cmd', metavar='ACTION')
     s = d.add_parser('build', help='build the HTML site from the notebooks (offline)'); s.add_argument('--out', default=None)
-    s.add_argument('--no-execute', action='store_true'); s.set_defaults(func=_docs_build)
-    s = d.add_parser('readme', help='write README.md from nbs/index.ipynb'); s.set_defaults(func=_docs_readme)
+    s.add_argument('--no-execute', action='store_true', help='render without running the notebooks')
+    s.add_argument('--file-glob', default=None, help="only these notebooks, e.g. '0*'"); s.add_argument('--keep-going', action='store_true')
+    s.set_defaults(func=_docs_build)
+    s = d.add_parser('readme', help='write README.md from nbs/index.ipynb')
+    s.add_argument('--check', action='store_true', help='only check that README.md is in sync (exit 2 if not)')
+    s.set_defaults(func=_docs_readme)
     return p
 
 # %% ../nbs/60_cli.ipynb #207c0522

@@ -115,14 +115,15 @@ def sqnr(ref:Tensor,  # the float reference
     if noise == 0: return math.inf
     return 10 * math.log10(max(ref.pow(2).sum().item(), 1e-30) / noise)
 
-# %% ../../nbs/02_schemes.ipynb #7ecf1856
+# %% ../../nbs/02_schemes.ipynb #7364e019
 def channel_range(x:Tensor, scheme:QScheme)->tuple[Tensor,Tensor]:
     "Min and max of `x`: over the whole tensor, or per slice along the scheme's channel axis."
-    if not scheme.per_channel: return x.min(), x.max()
+    if not scheme.per_channel: return torch.aminmax(x)   # one pass over the data, not two
     if not -x.ndim <= scheme.ch_axis < x.ndim:
         raise QuantError(f"ch_axis={scheme.ch_axis} is out of range for a tensor of shape {tuple(x.shape)}")
-    dims = [d for d in range(x.ndim) if d != scheme.ch_axis % x.ndim]
-    return x.amin(dims), x.amax(dims)
+    ax = scheme.ch_axis % x.ndim
+    flat = (x if ax == 0 else x.transpose(0, ax)).reshape(x.shape[ax], -1)
+    return torch.aminmax(flat, dim=1)
 
 def fake_quantize_minmax(x:Tensor, scheme:QScheme)->Tensor:
     "Fake-quantize `x` with the qparams of its own min-max range (a one-shot reference, no observer)."
