@@ -712,21 +712,21 @@ def prepare_data_yaml(data:str|Path|dict, # a data.yaml, its folder, or a datase
     out = Path(out_dir)/'data.yaml'; out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(d, sort_keys=False)); return out
 
-# %% ../nbs/10_data.ipynb #9f534e73
+# %% ../nbs/10_data.ipynb #6dbf5213
 def print_report(report:DatasetReport, # from `check_dataset`
                  max_problems:int=10,  # problems and warnings listed (the rest are counted)
                  file=None,            # where to print (default: stdout)
                 ):
     "Print a dataset report: images, boxes per class, box sizes, problems."
     p = lambda *a: print(*a, file=file)
-    sp = list(report.images)
+    sp, w = list(report.images), min(30, max(12, *(len(n) for n in report.names))) + 5
     p(f"dataset {report.data['yaml']}  ({len(report.names)} classes)")
     for n in report.data.get('notes', []): p(f"note: {n}")
-    p(f"{'':22}" + ''.join(f'{s:>9}' for s in sp))
-    p(f"{'images':22}" + ''.join(f'{report.images[s]:>9}' for s in sp))
-    p(f"{'  background':22}" + ''.join(f'{report.background[s]:>9}' for s in sp))
-    p(f"{'boxes':22}" + ''.join(f'{len(report.boxes[s]):>9}' for s in sp))
-    for c, name in enumerate(report.names): p(f"  {c:>2} {name[:17]:17}" + ''.join(f'{report.instances(s)[c]:>9}' for s in sp))
+    p(f"{'':{w}}" + ''.join(f'{s:>8}' for s in sp))
+    p(f"{'images':{w}}" + ''.join(f'{report.images[s]:>8}' for s in sp))
+    p(f"{'  background':{w}}" + ''.join(f'{report.background[s]:>8}' for s in sp))
+    p(f"{'boxes':{w}}" + ''.join(f'{len(report.boxes[s]):>8}' for s in sp))
+    for c, name in enumerate(report.names): p(f"  {c:>2} {name[:w-5]:{w-5}}" + ''.join(f'{report.instances(s)[c]:>8}' for s in sp))
     st = report.box_stats()
     if st['n']: p(f"box side sqrt(w*h) in px: median {st['median']:.1f}, 10-90% {st['p10']:.1f}-{st['p90']:.1f}, "
                   f"min {st['min']:.1f}, max {st['max']:.1f}; median aspect w/h {st['aspect']:.2f}")
