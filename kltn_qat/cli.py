@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #0d57cd3b
+# %% ../nbs/60_cli.ipynb #e059954c
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -33,7 +33,7 @@ def _data_check(args):
 
 def _train_fp32(args):
     from kltn_qat.training import train_fp32
-    print(train_fp32(args.data, args.model, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, lr0=args.lr0,
+    print(train_fp32(args.data, args.model, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, lr0=args.lr0, optimizer=args.optimizer,
                      workers=args.workers, device=args.device, seed=args.seed, project=args.project, name=args.name))
 
 def _calibrate(args):
@@ -47,6 +47,7 @@ def _train_qat(args):
     cfg = load_config(args.config, {'qat': {k: v for k, v in (('epochs', args.epochs), ('batch', args.batch)) if v is not None}})
     res = train_qat(args.data, args.weights, qconfig=cfg.qconfig, qat=cfg.qat, imgsz=args.imgsz or cfg.model.imgsz,
                     calib_images=cfg.calibration.n_images, calib_batch=cfg.calibration.batch, fp32_lr0=cfg.fp32.lr0,
+                    fp32_optimizer=cfg.fp32.optimizer,
                     device=args.device, seed=cfg.seed, project=args.project, name=args.name, resume=args.resume)
     print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))
 
@@ -89,7 +90,7 @@ def _docs_readme(args):
         print('README.md is in sync with nbs/index.ipynb')
     else: print(sync_readme())
 
-# %% ../nbs/60_cli.ipynb #70135dd8
+# %% ../nbs/60_cli.ipynb #bdad441f
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
@@ -115,8 +116,9 @@ def build_parser()->argparse.ArgumentParser:
 
     s = sub.add_parser('train-fp32', help='train the FP32 baseline with Ultralytics')
     _add_common(s); s.add_argument('--model', default='yolov8n.yaml', help='a model yaml (from scratch) or a local .pt')
-    s.add_argument('--imgsz', type=int, default=320); s.add_argument('--epochs', type=int, default=20)
-    s.add_argument('--batch', type=int, default=16); s.add_argument('--lr0', type=float, default=0.01)
+    s.add_argument('--imgsz', type=int, default=256); s.add_argument('--epochs', type=int, default=10)
+    s.add_argument('--batch', type=int, default=8); s.add_argument('--lr0', type=float, default=0.002)
+    s.add_argument('--optimizer', default='AdamW')
     s.add_argument('--workers', type=int, default=0); s.add_argument('--seed', type=int, default=0)
     s.add_argument('--project', default='runs'); s.add_argument('--name', default='fp32'); s.set_defaults(func=_train_fp32)
 

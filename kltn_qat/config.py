@@ -17,7 +17,7 @@ import typing, types, difflib, hashlib, json, copy
 import yaml
 from .core import ConfigError
 
-# %% ../nbs/01_config.ipynb #f188c482
+# %% ../nbs/01_config.ipynb #95b931b6
 @dataclass
 class DataConfig:
     "Where the images come from: a user's data.yaml, or the built-in synthetic dataset."
@@ -32,19 +32,21 @@ class DataConfig:
 class ModelConfig:
     "The FP32 starting point."
     cfg:str='yolov8n.yaml'    # an Ultralytics model yaml (trained from scratch) or a local .pt (fine-tuned)
-    imgsz:int=320             # square training / evaluation image size
+    imgsz:int=256             # square training / evaluation image size
 
 @dataclass
 class FP32Config:
     "The FP32 baseline, trained with Ultralytics' trainer."
-    epochs:int=20
-    batch:int=16
-    lr0:float=0.01
-    optimizer:str='SGD'
+    epochs:int=10
+    batch:int=8
+    nbs:int=8                 # nominal batch size: Ultralytics steps the optimizer every nbs/batch batches
+    lr0:float=0.002
+    optimizer:str='AdamW'     # name it: Ultralytics' 'auto' ignores lr0 on short runs
+    warmup_epochs:float=1.0
     workers:int=0
     patience:int=100
     mosaic:float=1.0
-    close_mosaic:int=5
+    close_mosaic:int=3
     skip:bool=False           # use `model.cfg` (a trained .pt) as the baseline as it is
 
 @dataclass
@@ -57,17 +59,17 @@ class CalibrationConfig:
 @dataclass
 class QATConfig:
     "Quantization-aware fine-tuning."
-    epochs:int=5
-    batch:int=16
-    lr_factor:float=0.01          # QAT learning rate as a fraction of the FP32 `lr0`
+    epochs:int=3
+    batch:int=8
+    optimizer:str=''              # '' = the FP32 baseline's optimizer
+    lr_factor:float=0.1           # QAT learning rate as a fraction of the FP32 `lr0`
     warmup_epochs:float=0.5
     schedule:str='cosine'         # 'cosine' or 'linear' decay after warm-up
-    freeze_bn_epoch:int|None=3    # from this epoch on BN uses running statistics (None: never)
-    freeze_observer_epoch:int|None=3  # from this epoch on ranges are fixed (None: never)
+    freeze_bn_epoch:int|None=2    # from this epoch on BN uses running statistics (None: never)
+    freeze_observer_epoch:int|None=2  # from this epoch on ranges are fixed (None: never)
     progressive:list=field(default_factory=list)  # stages: [{epoch: 0, enable: [weights]}, {epoch: 1, enable: [activations]}]
     distill_weight:float=0.0      # weight of the distillation loss from the FP32 model (0: off)
     distill_kind:str='logit'      # 'logit', 'feature' or 'both'
-    ema:bool=True
     mosaic:float=0.0
     workers:int=0
 
@@ -75,8 +77,6 @@ class QATConfig:
 class ExportConfig:
     "ONNX export."
     opset:int=17
-    int8:bool=True
-    fp32:bool=True
 
 @dataclass
 class BenchmarkConfig:

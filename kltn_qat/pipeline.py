@@ -49,7 +49,7 @@ class Stages:
         self.ran.append(name)
         return r
 
-# %% ../nbs/55_pipeline.ipynb #36867dc4
+# %% ../nbs/55_pipeline.ipynb #8380e023
 def _rel(p, out): 
     try: return str(Path(p).relative_to(out))
     except ValueError: return str(p)
@@ -96,8 +96,9 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
             if not cfg.model.cfg.endswith('.pt'): raise KltnError("fp32.skip needs model.cfg to be a trained .pt")
             return {'weights': str(Path(cfg.model.cfg).absolute())}
         f = cfg.fp32
-        w = train_fp32(data_yaml, cfg.model.cfg, imgsz=cfg.model.imgsz, epochs=f.epochs, batch=f.batch, lr0=f.lr0,
-                       optimizer=f.optimizer, workers=f.workers, patience=f.patience, mosaic=f.mosaic, close_mosaic=f.close_mosaic,
+        w = train_fp32(data_yaml, cfg.model.cfg, imgsz=cfg.model.imgsz, epochs=f.epochs, batch=f.batch, nbs=f.nbs, lr0=f.lr0,
+                       optimizer=f.optimizer, warmup_epochs=f.warmup_epochs, workers=f.workers, patience=f.patience,
+                       mosaic=f.mosaic, close_mosaic=f.close_mosaic,
                        device=cfg.device, seed=cfg.seed, project=out, name='fp32')
         return {'weights': str(w)}
     k_fp32 = {'data': ds['yaml'], 'model': c['model'], 'fp32': c['fp32'], 'seed': cfg.seed}
@@ -118,7 +119,7 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     def _qat():
         from kltn_qat.training import train_qat
         r = train_qat(data_yaml, fp32['weights'], qconfig=cfg.qconfig, qat=cfg.qat, imgsz=cfg.model.imgsz,
-                      fp32_lr0=cfg.fp32.lr0, device=cfg.device, seed=cfg.seed, project=out, name='qat', ptq=ptq['weights'])
+                      fp32_lr0=cfg.fp32.lr0, fp32_optimizer=cfg.fp32.optimizer, device=cfg.device, seed=cfg.seed, project=out, name='qat', ptq=ptq['weights'])
         return {k: str(v) for k, v in r.items()}
     k_qat = {**k_ptq, 'qat': c['qat']}
     qat = st.run('qat', k_qat, _qat, lambda r: [r['qat']])

@@ -39,7 +39,7 @@ def check_model_source(model:str|Path)->str:
         return s
     raise ConfigError(f"model must be a .yaml (e.g. yolov8n.yaml) or a local .pt file, got '{s}'")
 
-# %% ../nbs/30_training.ipynb #1d5181c1
+# %% ../nbs/30_training.ipynb #d9e772ef
 def _train_args(device, workers, seed, project, name, exist_ok=True, **kw)->dict:
     dev = get_device(device or None)
     return dict(device='cpu' if dev.type == 'cpu' else (dev.index if dev.index is not None else 0), workers=workers,
@@ -48,8 +48,8 @@ def _train_args(device, workers, seed, project, name, exist_ok=True, **kw)->dict
 
 def train_fp32(data:str|Path,                 # a data.yaml (Ultralytics or Roboflow layout)
                model:str|Path='yolov8n.yaml', # a model yaml (from scratch) or a local .pt to fine-tune
-               imgsz:int=320, epochs:int=20, batch:int=16, lr0:float=0.01, optimizer:str='SGD',
-               workers:int=0, patience:int=100, mosaic:float=1.0, close_mosaic:int=5,
+               imgsz:int=256, epochs:int=10, batch:int=8, nbs:int|None=None, lr0:float=0.002, optimizer:str='AdamW',
+               warmup_epochs:float=1.0, workers:int=0, patience:int=100, mosaic:float=1.0, close_mosaic:int=3,
                device:str='', seed:int=0,
                project:str|Path='runs', name:str='fp32',
               )->Path:
@@ -57,8 +57,8 @@ def train_fp32(data:str|Path,                 # a data.yaml (Ultralytics or Robo
     model = check_model_source(model)
     data = prepare_data_yaml(data, Path(project) / name)
     y = YOLO(model, task='detect')
-    y.train(data=str(data), imgsz=imgsz, epochs=epochs, batch=batch, lr0=lr0, optimizer=optimizer, patience=patience,
-            mosaic=mosaic, close_mosaic=close_mosaic, pretrained=model.endswith('.pt'),
+    y.train(data=str(data), imgsz=imgsz, epochs=epochs, batch=batch, nbs=nbs or batch, lr0=lr0, optimizer=optimizer,
+            warmup_epochs=warmup_epochs, patience=patience, mosaic=mosaic, close_mosaic=close_mosaic, pretrained=model.endswith('.pt'),
             **_train_args(device, workers, seed, project, name))
     best = Path(y.trainer.best)
     if not best.exists(): raise KltnError(f"FP32 training wrote no {best}: see the log above")
@@ -247,11 +247,12 @@ class QATTrainer(DetectionTrainer):
         self.metrics = self.validator(model=model)
         self.metrics.pop('fitness', None)
 
-# %% ../nbs/30_training.ipynb #5db060b1
-def qat_train_args(cfg:QATConfig, fp32_lr0:float=0.01)->dict:
+# %% ../nbs/30_training.ipynb #3d702bc9
+def qat_train_args(cfg:QATConfig, fp32_lr0:float=0.002, fp32_optimizer:str='AdamW')->dict:
     "Ultralytics trainer arguments that implement the QAT schedule of `cfg`."
     lr = fp32_lr0 * cfg.lr_factor
-    return dict(epochs=cfg.epochs, batch=cfg.batch, optimizer='SGD', lr0=lr, lrf=0.01, cos_lr=cfg.schedule == 'cosine',
+    return dict(epochs=cfg.epochs, batch=cfg.batch, nbs=cfg.batch, optimizer=cfg.optimizer or fp32_optimizer, lr0=lr, lrf=0.01,
+                cos_lr=cfg.schedule == 'cosine',
                 warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=lr, warmup_momentum=0.9, momentum=0.9,
                 mosaic=cfg.mosaic, close_mosaic=0, patience=10_000, val=True)
 
@@ -277,14 +278,15 @@ def write_drift(out:str|Path, results_csv:str|Path, fp32:dict|None=None, ptq:dic
         w = csv.DictWriter(f, ['stage', 'map50', 'map50_95']); w.writeheader(); w.writerows(rows)
     return out
 
-# %% ../nbs/30_training.ipynb #df097c96
+# %% ../nbs/30_training.ipynb #7a0fba19
 def train_qat(data:str|Path,                   # a data.yaml
               weights:str|Path,                # the FP32 model: an Ultralytics .pt
               qconfig='w8a8',                  # preset name, YAML file, dict or QConfigMap
               qat:QATConfig|dict|None=None,    # the QAT settings (`configs/qat.yaml`'s `qat:` section)
               imgsz:int=320,
               calib_images:int=64, calib_batch:int=8,
-              fp32_lr0:float=0.01,             # the FP32 learning rate that `lr_factor` scales
+              fp32_lr0:float=0.002,            # the FP32 learning rate that `lr_factor` scales
+              fp32_optimizer:str='AdamW',      # the FP32 optimizer (QAT uses it unless `qat.optimizer` says otherwise)
               fp32_metrics:dict|None=None, ptq_metrics:dict|None=None, # for the drift history
               device:str='', seed:int=0,
               project:str|Path='runs', name:str='qat',
@@ -312,7 +314,7 @@ def train_qat(data:str|Path,                   # a data.yaml
         ptq = save_checkpoint(qmodel, out / 'ptq.pt', imgsz=imgsz,
                               extra={'qat': asdict(cfg), 'teacher': str(Path(weights).absolute()), 'fp32_lr0': fp32_lr0})
         tr = QATTrainer(overrides=dict(model=str(ptq), pretrained=str(ptq), data=str(data), imgsz=imgsz,
-                                       **qat_train_args(cfg, fp32_lr0), **_train_args(device, cfg.workers, seed, project, name)))
+                                       **qat_train_args(cfg, fp32_lr0, fp32_optimizer), **_train_args(device, cfg.workers, seed, project, name)))
         tr.train()
     wdir = Path(tr.wdir)
     res = {'ptq': ptq, 'qat': wdir / 'qat_best.pt', 'qat_last': wdir / 'qat_last.pt',
