@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #e059954c
+# %% ../nbs/60_cli.ipynb #14c2a23e
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -79,6 +79,24 @@ def _pipeline(args):
     from kltn_qat.pipeline import metrics_table
     print(metrics_table(m).to_string(float_format=lambda v: f"{v:.3f}"))
 
+def _analyze_error(args):
+    from kltn_qat.analysis import analyze_error
+    df = analyze_error(args.fp32, args.qat, args.data, args.out, n_images=args.n_images, imgsz=args.imgsz, plot=args.plot,
+                       qconfig=args.qconfig, device=args.device)
+    print(df.head(args.top).to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"\nfull table: {args.out}")
+
+def _analyze_sensitivity(args):
+    from kltn_qat.analysis import analyze_sensitivity
+    df = analyze_sensitivity(args.weights, args.data, args.out, top_k=args.top_k, n_images=args.n_images, imgsz=args.imgsz,
+                             metric=args.metric, preset=args.preset, qconfig=args.qconfig, device=args.device)
+    print(df.head(max(args.top_k, 10)).to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"\ncritical-layer qconfig: {args.out}")
+
+def _report(args):
+    from kltn_qat.pipeline import results_markdown
+    print(results_markdown(args.metrics_json))
+
 def _docs_build(args):
     from kltn_qat.docs import build_docs
     print(build_docs(args.out, execute=not args.no_execute, file_glob=args.file_glob, keep_going=args.keep_going))
@@ -90,7 +108,7 @@ def _docs_readme(args):
         print('README.md is in sync with nbs/index.ipynb')
     else: print(sync_readme())
 
-# %% ../nbs/60_cli.ipynb #bdad441f
+# %% ../nbs/60_cli.ipynb #98bba5ff
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
@@ -161,6 +179,24 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--force', action='store_true', help='re-run finished stages'); s.add_argument('--device', default=None)
     s.set_defaults(func=_pipeline)
 
+    d = sub.add_parser('analyze', help='layer-wise quantization error; sensitivity and critical layers').add_subparsers(dest='analyze_cmd', metavar='ACTION')
+    s = d.add_parser('error', help='SQNR/MSE of each layer: fake-quant vs FP32')
+    _add_common(s, device=False); s.add_argument('--fp32', required=True, help='FP32 Ultralytics .pt')
+    s.add_argument('--qat', default=None, help='kltn_qat checkpoint (PTQ or QAT); default: calibrate the FP32 model')
+    s.add_argument('--out', default='layer_error.csv'); s.add_argument('--plot', default=None)
+    s.add_argument('--n-images', type=int, default=8); s.add_argument('--imgsz', type=int, default=None)
+    s.add_argument('--qconfig', default=None); s.add_argument('--top', type=int, default=15); s.add_argument('--device', default='cpu')
+    s.set_defaults(func=_analyze_error)
+    s = d.add_parser('sensitivity', help='quantize one layer at a time; write the top-k as a critical-layer qconfig YAML')
+    _add_common(s, device=False); s.add_argument('--weights', required=True, help='FP32 Ultralytics .pt')
+    s.add_argument('--out', default='critical_layers.yaml'); s.add_argument('--top-k', type=int, default=3)
+    s.add_argument('--n-images', type=int, default=16); s.add_argument('--imgsz', type=int, default=None)
+    s.add_argument('--metric', default='sqnr', choices=['sqnr', 'map']); s.add_argument('--preset', default='int16', choices=['int16', 'float', 'w8a8'])
+    s.add_argument('--qconfig', default=None); s.add_argument('--device', default='cpu'); s.set_defaults(func=_analyze_sensitivity)
+
+    s = sub.add_parser('report', help="print a run's results table (Markdown) from its metrics.json")
+    s.add_argument('metrics_json'); s.set_defaults(func=_report)
+
     d = sub.add_parser('docs', help='the documentation site and README').add_subparsers(dest='docs_cmd', metavar='ACTION')
     s = d.add_parser('build', help='build the HTML site from the notebooks (offline)'); s.add_argument('--out', default=None)
     s.add_argument('--no-execute', action='store_true', help='render without running the notebooks')
@@ -171,13 +207,13 @@ def build_parser()->argparse.ArgumentParser:
     s.set_defaults(func=_docs_readme)
     return p
 
-# %% ../nbs/60_cli.ipynb #207c0522
+# %% ../nbs/60_cli.ipynb #e7192ccb
 def main(argv:list[str]|None=None)->int:
     "Run `kltn-qat` with `argv` (default: the process arguments); returns the exit code."
     p = build_parser()
     args = p.parse_args(argv)
     if not getattr(args, 'func', None):
-        sub = {'data': 'data', 'docs': 'docs'}.get(args.command)
+        sub = {'data': 'data', 'docs': 'docs', 'analyze': 'analyze'}.get(args.command)
         p.parse_args([sub, '--help'] if sub else ['--help'])
         return 1
     try:
