@@ -90,7 +90,7 @@ def machine_info()->dict:
     return {'cpu': cpu, 'cores': os.cpu_count(), 'loadavg': [round(v, 2) for v in os.getloadavg()],
             'onnxruntime': ort.__version__, 'python': platform.python_version()}
 
-# %% ../../nbs/52_benchmark.ipynb #84c00528
+# %% ../../nbs/52_benchmark.ipynb #e60a2de2
 def benchmark(models:list,               # .onnx paths or (name, path) pairs; the first is the reference for ratios
               threads:int=2,             # onnxruntime intra-op threads (`--threads`)
               imgsz:int|None=None,       # square input side for dynamic graphs (`--imgsz`); None: the model's own
@@ -111,22 +111,24 @@ def benchmark(models:list,               # .onnx paths or (name, path) pairs; th
     info = machine_info()
     for n, s in sessions.items():
         for _ in range(warmup): s.run(None, feeds[n])
-    times = {n: [] for n in sessions}
+    times, cpu = {n: [] for n in sessions}, {n: [] for n in sessions}
     for r in range(runs):
         order = list(sessions) if r % 2 == 0 else list(sessions)[::-1]   # alternate order: no model always runs first
         for n in order:
-            t = time.perf_counter(); sessions[n].run(None, feeds[n]); times[n].append((time.perf_counter() - t) * 1e3)
+            t, c = time.perf_counter(), time.process_time()
+            sessions[n].run(None, feeds[n])
+            times[n].append((time.perf_counter() - t) * 1e3); cpu[n].append((time.process_time() - c) * 1e3)
     info['loadavg_end'] = [round(v, 2) for v in os.getloadavg()]
     del sessions
     rows = []
     for n, p in named:
         t = np.array(times[n]); med = float(np.median(t))
         row = {'name': n, 'median_ms': med, 'p90_ms': float(np.percentile(t, 90)), 'mean_ms': float(t.mean()),
-               'min_ms': float(t.min()), 'fps': batch * 1e3 / med, 'size_mb': p.stat().st_size / 2**20}
+               'min_ms': float(t.min()), 'cpu_ms': float(np.median(cpu[n])), 'fps': batch * 1e3 / med, 'size_mb': p.stat().st_size / 2**20}
         if memory: row.update(peak_memory(p, shapes[n], threads))
         row['path'] = str(p); rows.append(row)
     df = pd.DataFrame(rows)
-    for c, k in (('median_ms', 'latency_x'), ('size_mb', 'size_x'), ('model_rss_mb', 'rss_x')):
+    for c, k in (('median_ms', 'latency_x'), ('cpu_ms', 'cpu_x'), ('size_mb', 'size_x'), ('model_rss_mb', 'rss_x')):
         if c in df: df[k] = df[c] / df[c].iloc[0]
     df.attrs.update(info, threads=threads, runs=runs, warmup=warmup, batch=batch,
                     input={n: list(s) for n, s in shapes.items()})
@@ -147,11 +149,11 @@ def load_benchmark(path:str|Path)->pd.DataFrame:
     df = pd.DataFrame(d['models']); df.attrs.update(d['settings'])
     return df
 
-# %% ../../nbs/52_benchmark.ipynb #254abff8
+# %% ../../nbs/52_benchmark.ipynb #7a9cc05e
 def format_benchmark(df:pd.DataFrame)->str:
     "The benchmark table as text, with the settings and the machine's load in a header line."
     a = df.attrs
-    cols = [c for c in ('name', 'median_ms', 'p90_ms', 'fps', 'latency_x', 'size_mb', 'size_x', 'peak_rss_mb', 'model_rss_mb', 'rss_x') if c in df]
+    cols = [c for c in ('name', 'median_ms', 'p90_ms', 'min_ms', 'fps', 'latency_x', 'cpu_ms', 'cpu_x', 'size_mb', 'size_x', 'peak_rss_mb', 'model_rss_mb', 'rss_x') if c in df]
     head = (f"{a.get('cpu', '?')}, {a.get('threads')} threads, batch {a.get('batch')}, {a.get('runs')} interleaved runs; "
             f"load average {a.get('loadavg', ['?'])[0]} → {a.get('loadavg_end', ['?'])[0]} on {a.get('cores')} cores")
     return head + '\n' + df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}")

@@ -8,8 +8,8 @@ Docs: https://kltn-qat.github.io/kltn_qat/inference.html.md"""
 __all__ = ['IMG_EXTS', 'image_files', 'read_image', 'letterbox', 'quiet_ultralytics', 'export_fp32', 'read_onnx_metadata',
            'Detections', 'session_options', 'make_session', 'OnnxDetector', 'draw', 'save_predictions']
 
-# %% ../../nbs/51_inference.ipynb #607bf14a
-import ast, os, shutil, tempfile, time
+# %% ../../nbs/51_inference.ipynb #91a7bad3
+import ast, copy, os, shutil, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +60,7 @@ def letterbox(im:np.ndarray,          # BGR uint8 image (H, W, 3), as cv2 reads 
     im = LetterBox(_hw(imgsz), auto=False, scaleup=scaleup)(image=im)
     return np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255
 
-# %% ../../nbs/51_inference.ipynb #30773558
+# %% ../../nbs/51_inference.ipynb #62b82f47
 def _as_ultralytics_model(model, nc:int|None=None)->nn.Module:
     "A float `DetectionModel` from a model, an Ultralytics `.pt` or a yaml (for `export_fp32`)."
     if isinstance(model, nn.Module): return model
@@ -95,11 +95,19 @@ def export_fp32(model:nn.Module|str|Path, # a DetectionModel, an Ultralytics .pt
                 opset:int|None=None,      # ONNX opset (None: Ultralytics' choice)
                 simplify:bool=True,       # run onnxslim, as Ultralytics does by default
                 nc:int|None=None,         # classes, when `model` is a yaml
+                fast_dfl:bool=False,      # compute the DFL softmax on the last axis (`deployment.export.fast_dfl_forward`); False: Ultralytics' graph
                )->Path:
     "Export a float detector to ONNX with Ultralytics' `Exporter` (its graph, output layout and metadata) at `out`."
     ultralytics_offline()
     from ultralytics.engine.exporter import Exporter
     m = _as_ultralytics_model(model, nc)
+    if fast_dfl:
+        import types
+        from ultralytics.nn.modules.block import DFL
+        from kltn_qat.deployment.export import fast_dfl_forward
+        m = copy.deepcopy(m)
+        for d in m.modules():
+            if isinstance(d, DFL) and d.c1 > 1: d.forward = types.MethodType(fast_dfl_forward, d)
     if not hasattr(m, 'task'): m.task = 'detect'
     if not getattr(m, 'names', None): m.names = {i: str(i) for i in range(int(m.model[-1].nc))}
     out = Path(out).expanduser().resolve(); out.parent.mkdir(parents=True, exist_ok=True)
