@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #14c2a23e
+# %% ../nbs/60_cli.ipynb #f3fbd332
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -50,6 +50,12 @@ def _train_qat(args):
                     fp32_optimizer=cfg.fp32.optimizer,
                     device=args.device, seed=cfg.seed, project=args.project, name=args.name, resume=args.resume)
     print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))
+
+def _export(args):
+    from kltn_qat.deployment.export import export_onnx, inspect_ort_graph
+    p = export_onnx(args.weights, args.out, opset=args.opset, int8=not args.fp32, imgsz=args.imgsz)
+    print(p)
+    if args.inspect: print(json.dumps(inspect_ort_graph(p), indent=1, default=str))
 
 def _evaluate(args):
     from kltn_qat.evaluation import evaluate
@@ -108,7 +114,7 @@ def _docs_readme(args):
         print('README.md is in sync with nbs/index.ipynb')
     else: print(sync_readme())
 
-# %% ../nbs/60_cli.ipynb #98bba5ff
+# %% ../nbs/60_cli.ipynb #46afecef
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
@@ -154,6 +160,13 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--imgsz', type=int, default=None); s.add_argument('--epochs', type=int, default=None)
     s.add_argument('--batch', type=int, default=None); s.add_argument('--project', default='runs'); s.add_argument('--name', default='qat')
     s.add_argument('--resume', action='store_true', help='continue the interrupted run PROJECT/NAME'); s.set_defaults(func=_train_qat)
+
+    s = sub.add_parser('export', help='ONNX export: INT8 QDQ from a kltn_qat checkpoint, or FP32 (--fp32)')
+    s.add_argument('--weights', required=True, help='kltn_qat checkpoint (PTQ or QAT); with --fp32 also an Ultralytics .pt')
+    s.add_argument('--out', required=True); s.add_argument('--opset', type=int, default=17)
+    s.add_argument('--imgsz', type=int, default=None); s.add_argument('--fp32', action='store_true', help='export the float model')
+    s.add_argument('--inspect', action='store_true', help="print what onnxruntime runs after optimization (integer vs float convs)")
+    s.set_defaults(func=_export)
 
     s = sub.add_parser('evaluate', help='mAP of a .pt (FP32 or kltn_qat) or .onnx model')
     _add_common(s, device=False); s.add_argument('--weights', required=True); s.add_argument('--split', default='test')
