@@ -49,7 +49,7 @@ class Stages:
         self.ran.append(name)
         return r
 
-# %% ../nbs/55_pipeline.ipynb #8380e023
+# %% ../nbs/55_pipeline.ipynb #05faa2b1
 def _rel(p, out): 
     try: return str(Path(p).relative_to(out))
     except ValueError: return str(p)
@@ -137,9 +137,21 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     k_exp = {**k_qat, 'export': c['export']}
     onx = st.run('export', k_exp, _export, lambda r: list(r.values()))
 
+    # peers: onnxruntime's own static PTQ of the same FP32 ONNX, whole graph and with the head's post-processing float
+    peers = {}
+    if cfg.benchmark.ort_peers:
+        def _peers():
+            from kltn_qat.deployment.benchmark import ort_quantize_static
+            from kltn_qat.data import load_data_yaml
+            calib = [str(p) for p in load_data_yaml(data_yaml)['train']]
+            n = cfg.calibration.n_images
+            return {'ort_ptq_whole': str(ort_quantize_static(onx['fp32_onnx'], calib, out / 'onnx' / 'ort_ptq_whole.onnx', exclude_head=False, n_images=n)),
+                    'ort_ptq_head_float': str(ort_quantize_static(onx['fp32_onnx'], calib, out / 'onnx' / 'ort_ptq_head_float.onnx', exclude_head=True, n_images=n))}
+        peers = st.run('peers', {**k_exp, 'calibration': c['calibration']}, _peers, lambda r: list(r.values()))
+
     # evaluate
     models = {'fp32': fp32['weights'], 'ptq': ptq['weights'], 'qat': qat['qat'],
-              'fp32_onnx': onx['fp32_onnx'], 'ptq_onnx_int8': onx['ptq_onnx_int8'], 'qat_onnx_int8': onx['qat_onnx_int8']}
+              'fp32_onnx': onx['fp32_onnx'], **peers, 'ptq_onnx_int8': onx['ptq_onnx_int8'], 'qat_onnx_int8': onx['qat_onnx_int8']}
     def _eval():
         from kltn_qat.evaluation import evaluate
         return {k: evaluate(w, data_yaml, 'test', imgsz=cfg.model.imgsz, batch=1 if w.endswith('.onnx') else 8,
@@ -150,10 +162,10 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     def _bench():
         from kltn_qat.deployment.benchmark import benchmark
         b = cfg.benchmark
-        ms = [('fp32_onnx', onx['fp32_onnx']), ('ptq_onnx_int8', onx['ptq_onnx_int8']), ('qat_onnx_int8', onx['qat_onnx_int8'])]
+        ms = [(k, w) for k, w in models.items() if w.endswith('.onnx')]
         df = benchmark(ms, threads=b.threads, runs=b.runs, warmup=b.warmup, json_out=out / 'benchmark.json', plot_out=out / 'benchmark.png')
         return json.loads(df.reset_index().to_json(orient='records'))
-    bench = st.run('benchmark', {**k_exp, 'benchmark': c['benchmark']}, _bench)
+    bench = st.run('benchmark', {**k_exp, 'benchmark': c['benchmark'], 'models': models}, _bench)
 
     lat = {r.get('model', r.get('name', r.get('index'))): r.get('median_ms') for r in bench}
     metrics = {'models': {k: _m(ev.get(k), lat.get(k), _size(w)) for k, w in models.items()},

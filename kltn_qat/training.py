@@ -6,7 +6,8 @@ Docs: https://kltn-qat.github.io/kltn_qat/training.html.md"""
 
 # %% auto #0
 __all__ = ['check_model_source', 'train_fp32', 'check_qat_config', 'qat_stage', 'apply_qat_stage', 'track_weights', 'QATModelEMA',
-           'distill_loss', 'DistillCriterion', 'QATTrainer', 'qat_train_args', 'write_drift', 'train_qat']
+           'distill_loss', 'DistillCriterion', 'QATTrainer', 'qat_train_args', 'write_drift', 'train_qat',
+           'plot_training']
 
 # %% ../nbs/30_training.ipynb #0c820548
 import os, copy, math, csv, json, time
@@ -321,3 +322,19 @@ def train_qat(data:str|Path,                   # a data.yaml
            'results_csv': Path(tr.save_dir) / 'results.csv'}
     res['drift_csv'] = write_drift(Path(tr.save_dir) / 'drift.csv', res['results_csv'], fp32_metrics, ptq_metrics)
     return res
+
+# %% ../nbs/30_training.ipynb #f1fbdb69
+def plot_training(results_csv:str|Path, title:str=''):
+    "Training losses and validation mAP per epoch of an Ultralytics/QAT run."
+    import pandas as pd, matplotlib.pyplot as plt
+    df = pd.read_csv(results_csv); df.columns = [c.strip() for c in df.columns]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    for c in ('train/box_loss', 'train/cls_loss', 'train/dfl_loss'):
+        if c in df: a.plot(df['epoch'], df[c], 'o-', label=c.split('/')[1])
+    a.set_xlabel('epoch'); a.set_title('training loss'); a.legend(fontsize=8)
+    for c in ('metrics/mAP50(B)', 'metrics/mAP50-95(B)'):
+        if c in df: b.plot(df['epoch'], df[c], 'o-', label=c.split('/')[1][:-3])
+    b.set_xlabel('epoch'); b.set_title('validation mAP'); b.legend(fontsize=8)
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
