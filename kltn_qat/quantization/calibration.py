@@ -31,15 +31,8 @@ from .qat_modules import FixedQuant
 from ..models.yolov8_qat import (prepare_qat, load_fp32, save_checkpoint, set_quant_state, raw_head,
                                         as_qconfig_map, default_qconfig)
 
-# %% ../../nbs/21_calibration.ipynb #70fd8e29
+# %% ../../nbs/21_calibration.ipynb #00ea492f
 IMG_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-
-def _split_files(d:dict, root:Path, split:str, where:str)->list[Path]:
-    if split not in d: raise DataError(f"{where} has no '{split}' split (keys: {', '.join(map(str, d))})")
-    entries = d[split] if isinstance(d[split], list) else [d[split]]
-    out = []
-    for e in entries: out += image_files(root/e if not Path(e).is_absolute() else Path(e))
-    return out
 
 def image_files(source:str|Path|list, # folder, data.yaml, .txt list, one image, or a list of these
                 split:str='train',     # split of a data.yaml
@@ -49,10 +42,12 @@ def image_files(source:str|Path|list, # folder, data.yaml, .txt list, one image,
     p = Path(source).expanduser()
     if not p.exists(): raise DataError(f"calibration images not found: {p} (give a folder of images or a data.yaml)")
     if p.is_dir(): return sorted(f for f in p.rglob('*') if f.suffix.lower() in IMG_EXTS)
-    if p.suffix in ('.yaml', '.yml'):
-        d = yaml.safe_load(p.read_text()) or {}
-        root = Path(d.get('path') or p.parent); root = root if root.is_absolute() else p.parent/root
-        return _split_files(d, root, split, str(p))
+    if p.suffix in ('.yaml', '.yml'):   # Ultralytics or Roboflow layout, resolved as training resolves it
+        from kltn_qat.data import load_data_yaml
+        d = load_data_yaml(p)
+        key = {'valid': 'val', 'validation': 'val'}.get(split, split)
+        if key not in ('train', 'val', 'test') or not d.get(key): raise DataError(f"{p} has no '{split}' split")
+        return image_files([str(x) for x in d[key]], split)
     if p.suffix == '.txt':
         return [Path(l.strip()) if Path(l.strip()).is_absolute() else p.parent/l.strip() for l in p.read_text().splitlines() if l.strip()]
     if p.suffix.lower() in IMG_EXTS: return [p]
