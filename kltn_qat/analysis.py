@@ -269,7 +269,7 @@ def subset_data_yaml(data:str|Path,      # a data.yaml
     (d/'data.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
     return d/'data.yaml'
 
-# %% ../nbs/41_analysis.ipynb #c1953107
+# %% ../nbs/41_analysis.ipynb #8363314f
 def _rank(df:pd.DataFrame)->pd.DataFrame:
     df['rank_only'] = df['only'].rank(method='min', ascending=True)      # lowest metric with only it quantized
     df['rank_gain'] = df['gain'].rank(method='min', ascending=False)     # largest gain when it alone stays float
@@ -334,13 +334,14 @@ def sensitivity(model:nn.Module,          # a calibrated (PTQ) or QAT model
             if mode in ('all_but', 'both'):
                 set_quant_state(model, fake_quant=True); set_quant_state(model, fake_quant=False, names=qs); all_but = measure()
             pats = groups[g] if isinstance(groups[g], list) else [groups[g]]
-            rows.append({'group': g, 'quantizers': len(qs), 'only': only, 'all_but': all_but, 'gain': all_but - v_all,
+            n_w = sum(float_weight(model.get_submodule(n.rsplit('.', 1)[0])).numel() for n in qs if n.endswith('.weight_fq'))
+            rows.append({'group': g, 'quantizers': len(qs), 'weights': n_w, 'only': only, 'all_but': all_but, 'gain': all_but - v_all,
                          'patterns': _qconfig_patterns(pats, qs)})
     df = _rank(pd.DataFrame(rows).set_index('group'))
     df.attrs.update(metric=name, float=v_float, all_quantized=v_all, mode=mode, n_images=n_seen, unmatched=empty)
     return df
 
-# %% ../nbs/41_analysis.ipynb #c4bb3254
+# %% ../nbs/41_analysis.ipynb #d3862bb7
 def plot_sensitivity(sens:pd.DataFrame, # from `sensitivity`
                      top:int|None=20,   # the `top` highest ranked groups
                     ):
@@ -360,7 +361,7 @@ def plot_sensitivity(sens:pd.DataFrame, # from `sensitivity`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/41_analysis.ipynb #df802b8a
+# %% ../nbs/41_analysis.ipynb #11ff931b
 def critical_layers(sens:pd.DataFrame,   # from `sensitivity`
                     top_k:int=3,         # how many groups, from rank 1
                     preset:str='int16',  # what they become: 'int16' (16-bit weights and activations) or 'float'
@@ -373,7 +374,7 @@ def critical_layers(sens:pd.DataFrame,   # from `sensitivity`
         for p in sens.loc[g, 'patterns']: qm.override(p, preset)
     return qm
 
-# %% ../nbs/41_analysis.ipynb #9d5499f5
+# %% ../nbs/41_analysis.ipynb #7e43deb1
 def _compact(q:QConfig)->dict:
     "A QConfig as `{preset: name}` when it is one, else in full."
     for name in PRESETS:
@@ -402,7 +403,7 @@ def write_critical_yaml(sens:pd.DataFrame,  # from `sensitivity`
     p.write_text('\n'.join(head) + '\n' + yaml.safe_dump({'qconfig': qconfig_yaml_dict(qm)}, sort_keys=False))
     return p
 
-# %% ../nbs/41_analysis.ipynb #e47b916c
+# %% ../nbs/41_analysis.ipynb #28bba7c4
 def _target(model:nn.Module, name:str)->tuple[nn.Module,FakeQuantize|None]:
     mods = dict(model.named_modules())
     if name not in mods:
@@ -470,7 +471,7 @@ def plot_activations(model:nn.Module, images, layers:list[str], bins:int=100,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/41_analysis.ipynb #1c21bd51
+# %% ../nbs/41_analysis.ipynb #22b5dcb6
 def load_for_analysis(weights:str|Path,     # a kltn_qat checkpoint, an Ultralytics .pt, or a model yaml
                       data:str|Path,        # data.yaml: calibration images (train split) and classes
                       imgsz:int|None=None,  # default: the checkpoint's, else 640
@@ -490,7 +491,7 @@ def load_for_analysis(weights:str|Path,     # a kltn_qat checkpoint, an Ultralyt
     calibrate(q, files, method='minmax', imgsz=imgsz, batch=batch, device=device, progress=progress)
     return fp32, q, imgsz
 
-# %% ../nbs/41_analysis.ipynb #45a39a45
+# %% ../nbs/41_analysis.ipynb #d7b487f2
 def analyze_sensitivity(weights:str|Path,       # `--weights`: kltn_qat checkpoint (PTQ/QAT), Ultralytics .pt, or model yaml
                         data:str|Path,           # `--data`: data.yaml
                         out_yaml:str|Path,       # `--out`: the critical-layer qconfig YAML to write (the table goes next to it, .csv)
@@ -506,12 +507,15 @@ def analyze_sensitivity(weights:str|Path,       # `--weights`: kltn_qat checkpoi
                         batch:int=8, device:str='cpu', progress:bool=True,
                        )->pd.DataFrame:
     "Sensitivity ranking of a model's layers on `data`; writes the top-k critical-layer YAML and the ranking CSV."
-    _, q, imgsz = load_for_analysis(weights, data, imgsz, qconfig, n_calib, batch, device, progress)
+    fp32, q, imgsz = load_for_analysis(weights, data, imgsz, qconfig, n_calib, batch, device, progress)
+    # the policy to add the critical layers to: the one the user gave, not the calibrated model's (calibration switched its
+    # activation observers to min-max); a checkpoint's own policy otherwise
+    base = as_qconfig_map(qconfig) if qconfig is not None else default_qconfig() if fp32 is not None else q.qconfig_map
     ds = load_data_yaml(data)
     images = split_images(ds, 'val') if metric == 'sqnr' else None
     sens = sensitivity(q, images, metric, data=data, groups=level, mode=mode, n_images=n_images, imgsz=imgsz,
                        batch=batch, progress=progress, device=device)
-    yp = write_critical_yaml(sens, out_yaml, top_k, q.qconfig_map, preset)
+    yp = write_critical_yaml(sens, out_yaml, top_k, base, preset)
     csv = yp.with_suffix('.csv'); sens.to_csv(csv)
     sens.attrs.update(yaml=str(yp), csv=str(csv))
     return sens
