@@ -34,7 +34,7 @@ SMOKE = {'data': {'train': 16, 'valid': 8, 'test': 8}, 'model': {'imgsz': 128},
          'calibration': {'n_images': 8, 'batch': 8}, 'benchmark': {'runs': 5, 'warmup': 1}}
 
 # the table's rows, in order: key -> label
-ROWS = {'fp32_pt': 'FP32 (PyTorch .pt)', 'fp32_onnx': 'FP32 (ONNX)',
+ROWS = {'fp32_pt': 'FP32 (PyTorch .pt)', 'fp32_onnx': 'FP32 (ONNX)', 'fp32_control': 'FP32 + 1 FP32 fine-tuning epoch (control, .pt)',
         'ort_ptq_whole': 'onnxruntime PTQ, whole graph', 'ort_ptq_headfloat': 'onnxruntime PTQ, head post-proc. float',
         'kltn_ptq': 'kltn_qat PTQ (INT8 ONNX)', 'kltn_qat': 'kltn_qat QAT (INT8 ONNX)',
         'ultralytics_qat': 'Ultralytics QAT (ModelOpt, INT8 ONNX)'}
@@ -231,6 +231,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
             ('ort_ptq_whole', None, ort['ort_ptq_whole']['onnx'], ort['ort_ptq_whole']['seconds'], None),
             ('ort_ptq_headfloat', None, ort['ort_ptq_headfloat']['onnx'], ort['ort_ptq_headfloat']['seconds'], None),
             ('kltn_ptq', None, ptq['onnx'], ptq['seconds'], None)]
+    if control: runs.insert(1, ('fp32_control', None, control['weights'], control['seconds'], control['epoch_s']))
     runs += [('kltn_qat', s, r['onnx'], r['seconds'], r['epoch_s']) for s, r in qat.items()]
     runs += [('ultralytics_qat', s, r['onnx'], r['seconds'], r['epoch_s']) for s, r in ultra.items()]
     runs = [r for r in runs if r[2]]   # a failed export is listed in `errors`
@@ -277,6 +278,8 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
     res['table'] = table(res)
     mach['end'] = machine(); res['machine'] = mach
     res['seconds'] = round(time.time() - t_start, 1)
+    res['stage_seconds'] = {p.stem: json.loads(p.read_text()).get('seconds') for p in sorted((out / 'stages').glob('*.json'))}
+    res['stage_seconds_total'] = round(sum(v or 0 for v in res['stage_seconds'].values()), 1)
     write(res, out)
     return res
 
@@ -331,7 +334,9 @@ def markdown(res:dict)->str:
         lab = r['label'] + (f" (seeds {', '.join(map(str, r['seeds']))})" if r['seeds'] else '')
         lines.append(f"| {lab} | " + ' | '.join(_fmt(r[k], nd, '+' if k.startswith('d_') else '') for k, _, nd in COLS) + ' |')
     ep = res['fp32_epoch_s']
-    meta = [f"Command: `{res['command']}` ({res['seconds'] / 60:.0f} min).", '',
+    tot = res.get('stage_seconds_total')
+    meta = [f"Command: `{res['command']}` ({res['seconds'] / 60:.0f} min in this invocation"
+            + (f"; all stages, cached ones included, took {tot / 60:.0f} min" if tot else '') + ").", '',
             f"Machine: {m0['cpu']}, {m0['cores']} cores, onnxruntime {m0['onnxruntime']}, torch {m0['torch']}, "
             f"ultralytics {m0['ultralytics']}, GPU: {m0.get('gpu') or 'none'}. Load average (1 min) {m0['loadavg'][0]} at start, "
             f"{m1['loadavg'][0]} at the end; during the latency benchmark {b.get('loadavg', ['?'])[0]} → {b.get('loadavg_end', ['?'])[0]}. "
