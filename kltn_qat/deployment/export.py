@@ -13,7 +13,7 @@ import copy, datetime, fnmatch, tempfile, types, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
-# %% ../../nbs/50_export.ipynb #048d5562
+# %% ../../nbs/50_export.ipynb #a6a8c9d7
 import numpy as np
 import pandas as pd
 import torch
@@ -24,16 +24,14 @@ from torch import nn, Tensor
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.modules.block import DFL
 from .. import __version__ as kltn_version
-from ..core import KltnError, QuantError, CheckpointError, check_file
+from ..core import QuantError, CheckpointError, check_file
 from ..quantization.schemes import sqnr
 from ..quantization.fake_quantize import FakeQuantize, freeze_quantizers, quantizers
 from ..quantization.qat_modules import QConvBnAct, QConv2d
-from ..models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32
+from ..models.yolov8_qat import load_checkpoint, load_fp32
 from .inference import export_fp32, make_session, letterbox, read_image, image_files, read_onnx_metadata
 
-# %% ../../nbs/50_export.ipynb #6383fed9
-_ONNX_RANGES = {(0, 255), (-128, 127)}
-
+# %% ../../nbs/50_export.ipynb #d053ba45
 def _onnx_fake_quant(fq:FakeQuantize, x:Tensor)->Tensor:
     "Exportable fake quantization of `x` with `fq`'s qparams: clamp to its grid, then an ONNX-legal 8-bit range."
     s = fq.scheme

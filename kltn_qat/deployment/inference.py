@@ -121,7 +121,7 @@ def export_fp32(model:nn.Module|str|Path, # a DetectionModel, an Ultralytics .pt
         shutil.move(str(Path(d)/f), out)
     return out
 
-# %% ../../nbs/51_inference.ipynb #1a2a2083
+# %% ../../nbs/51_inference.ipynb #e4909eed
 def read_onnx_metadata(path:str|Path)->dict:
     "The metadata Ultralytics writes in an ONNX file's `metadata_props` (names, stride, imgsz, task, ...), parsed."
     import onnx
@@ -129,7 +129,7 @@ def read_onnx_metadata(path:str|Path)->dict:
     d = {p.key: p.value for p in m.metadata_props}
     for k in ('stride', 'batch', 'channels'):
         if k in d: d[k] = int(d[k])
-    for k in ('imgsz', 'names', 'args', 'end2end'):
+    for k in ('imgsz', 'names', 'args', 'end2end', 'kltn_qat_export'):
         if k in d:
             try: d[k] = ast.literal_eval(d[k])
             except (ValueError, SyntaxError): pass
