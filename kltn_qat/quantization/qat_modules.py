@@ -64,7 +64,7 @@ def act_kind(act:nn.Module, name:str='')->str:
     raise QuantError(f"layer '{name}': activation {type(act).__name__} has no quantized form here (supported: SiLU, ReLU, "
                      f"Identity); keep the layer float with a qconfig override {{pattern: '{name}', preset: float}}")
 
-# %% ../../nbs/07_qat_modules.ipynb #d24f7f69
+# %% ../../nbs/07_qat_modules.ipynb #105955b2
 class QConvBnAct(nn.Module):
     "Conv → BN → SiLU/ReLU/identity with BN folded into the fake-quantized weight and quantizers placed as in ORT's QDQ graph."
     def __init__(self, conv:nn.Conv2d,          # the convolution (float master weights)
@@ -101,7 +101,9 @@ class QConvBnAct(nn.Module):
         if self.fq_in is not None: x = self.fq_in(x)
         y = conv_bn_folded(x, self.conv, self.bn, self.weight_fq, batch_stats=self.training and not int(self.bn_frozen))
         if self.act == 'silu':
-            y = y * self.fq_sig(torch.sigmoid(self.fq_pre(y))) if self.fq_pre is not None else F.silu(y)
+            if self.fq_pre is not None:   # x·σ(x) on the quantized x, as QLinearSigmoid + QLinearMul compute it
+                y = self.fq_pre(y); y = y * self.fq_sig(torch.sigmoid(y))
+            else: y = F.silu(y)
         elif self.act == 'relu': y = F.relu(y)
         return self.fq_out(y) if self.fq_out is not None else y
 
