@@ -49,11 +49,7 @@ class Stages:
         self.ran.append(name)
         return r
 
-# %% ../nbs/55_pipeline.ipynb #05faa2b1
-def _rel(p, out): 
-    try: return str(Path(p).relative_to(out))
-    except ValueError: return str(p)
-
+# %% ../nbs/55_pipeline.ipynb #82fbfd62
 def _m(ev:dict|None, latency_ms=None, size_mb=None)->dict:
     ev = ev or {}
     return {'map50': ev.get('map50'), 'map50_95': ev.get('map50_95'), 'precision': ev.get('precision'), 'recall': ev.get('recall'),

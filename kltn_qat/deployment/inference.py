@@ -60,26 +60,12 @@ def letterbox(im:np.ndarray,          # BGR uint8 image (H, W, 3), as cv2 reads 
     im = LetterBox(_hw(imgsz), auto=False, scaleup=scaleup)(image=im)
     return np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255
 
-# %% ../../nbs/51_inference.ipynb #62b82f47
+# %% ../../nbs/51_inference.ipynb #b730ef88
 def _as_ultralytics_model(model, nc:int|None=None)->nn.Module:
     "A float `DetectionModel` from a model, an Ultralytics `.pt` or a yaml (for `export_fp32`)."
     if isinstance(model, nn.Module): return model
-    s = str(model)
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint as _ul_load
-    if s.endswith(('.yaml', '.yml')):
-        try: return DetectionModel(s, nc=nc, verbose=False)
-        except FileNotFoundError: raise KltnError(f"model yaml not found: {s}") from None
-    p = check_file(s, 'weights', "give an Ultralytics .pt file, a model yaml or a DetectionModel")
-    try:
-        ck = torch.load(p, map_location='cpu', weights_only=True)
-        if isinstance(ck, dict) and ck.get('format') == 'kltn_qat':
-            raise CheckpointError(f"{p} is a kltn_qat checkpoint: export it with kltn_qat.deployment.export.export_onnx "
-                                  "(int8=False for its float model)")
-    except CheckpointError: raise
-    except Exception: pass   # an Ultralytics pickle, as expected
-    try: m, _ = _ul_load(str(p))
-    except Exception as e: raise CheckpointError(f"{p} is not an Ultralytics checkpoint ({type(e).__name__}: {e})") from None
-    return m.float()
+    from kltn_qat.models.yolov8_qat import load_fp32
+    return load_fp32(model, nc=nc)
 
 @contextmanager
 def quiet_ultralytics():
