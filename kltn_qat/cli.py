@@ -7,15 +7,15 @@ Docs: https://kltn-qat.github.io/kltn_qat/cli.html.md"""
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/60_cli.ipynb #f2980a56
-import argparse, json, sys
+# %% ../nbs/60_cli.ipynb #70f44546
+import argparse, json, os, sys
 from pathlib import Path
 
 # %% ../nbs/60_cli.ipynb #0a9ed70f
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #f3fbd332
+# %% ../nbs/60_cli.ipynb #e4a40794
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -49,7 +49,7 @@ def _train_qat(args):
                     calib_images=cfg.calibration.n_images, calib_batch=cfg.calibration.batch, fp32_lr0=cfg.fp32.lr0,
                     fp32_optimizer=cfg.fp32.optimizer,
                     device=args.device, seed=cfg.seed, project=args.project, name=args.name, resume=args.resume)
-    print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))
+    if int(os.environ.get('RANK', 0)) == 0: print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))   # once under torchrun
 
 def _export(args):
     from kltn_qat.deployment.export import export_onnx, inspect_ort_graph

@@ -6,15 +6,18 @@ Docs: https://kltn-qat.github.io/kltn_qat/training.html.md"""
 
 # %% auto #0
 __all__ = ['check_model_source', 'train_fp32', 'check_qat_config', 'qat_stage', 'apply_qat_stage', 'track_weights', 'QATModelEMA',
-           'distill_loss', 'DistillCriterion', 'QATTrainer', 'qat_train_args', 'write_drift', 'train_qat',
-           'plot_training']
+           'distill_loss', 'DistillCriterion', 'torchrun_world', 'init_distributed', 'QATDDP', 'QATTrainer',
+           'qat_train_args', 'write_drift', 'train_qat', 'plot_training']
 
-# %% ../nbs/30_training.ipynb #0c820548
+# %% ../nbs/30_training.ipynb #96545080
 import os, copy, math, csv, json, time
+from datetime import timedelta
 from pathlib import Path
+from unittest.mock import patch
 
-# %% ../nbs/30_training.ipynb #2687431b
+# %% ../nbs/30_training.ipynb #83fa6b23
 import torch
+import torch.distributed as dist
 from torch import nn
 import torch.nn.functional as F
 from ultralytics import YOLO
@@ -185,9 +188,41 @@ class DistillCriterion:
 
     def update(self): return getattr(self.criterion, 'update', lambda: None)()
 
-# %% ../nbs/30_training.ipynb #91adc39b
+# %% ../nbs/30_training.ipynb #77c33c94
+def torchrun_world()->int:
+    "How many processes `torchrun` started (its `WORLD_SIZE`), or 1 when not launched by it."
+    return int(os.environ.get('WORLD_SIZE', 1)) if int(os.environ.get('LOCAL_RANK', -1)) != -1 else 1
+
+def init_distributed(device:str='')->bool:
+    "Join the process group of a `torchrun` launch (gloo on CPU, NCCL on CUDA); False when not launched by it."
+    if torchrun_world() < 2: return False
+    if not dist.is_initialized():
+        cuda = str(device).strip().lower() != 'cpu' and torch.cuda.is_available()
+        if cuda:
+            ids = [int(i) for i in str(device).split(',') if i.strip().isdigit()] or list(range(torch.cuda.device_count()))
+            torch.cuda.set_device(ids[int(os.environ['LOCAL_RANK'])])
+        dist.init_process_group('nccl' if cuda else 'gloo', timeout=timedelta(hours=3))
+    return True
+
+class QATDDP(nn.parallel.DistributedDataParallel):
+    "DDP for a fake-quantized model: no `device_ids` for CPU modules; rank 0's buffers (quantizer ranges, BN statistics) broadcast at every forward."
+    def __init__(self, module:nn.Module, device_ids=None, **kw):
+        for k in ('broadcast_buffers', 'forward_sync_buffers'): kw.pop(k, None)   # Ultralytics turns it off; DDP's default is on
+        cpu = next(module.parameters()).device.type == 'cpu'
+        super().__init__(module, device_ids=None if cpu else device_ids, **kw)
+
+# %% ../nbs/30_training.ipynb #0a00c1d0
 class QATTrainer(DetectionTrainer):
-    "Ultralytics' detection trainer for a kltn_qat model: schedule, exact EMA, distillation, atomic kltn_qat checkpoints."
+    "Ultralytics' detection trainer for a kltn_qat model: schedule, exact EMA, distillation, atomic kltn_qat checkpoints, DDP on CPU."
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        super().__init__(cfg, overrides, _callbacks)
+        if self.device.type == 'cpu' and torchrun_world() > 1: self.world_size = torchrun_world()   # Ultralytics: CPU = 0 devices
+
+    def _setup_ddp(self):
+        init_distributed(self.args.device)          # torchrun's group: gloo on CPU, NCCL on CUDA
+        if self.device.type == 'cpu': return        # Ultralytics' own setup assumes one GPU per process
+        with patch.object(dist, 'init_process_group', lambda *a, **k: None): super()._setup_ddp()   # its device setup, our group
+
     def setup_model(self):
         "Build the QAT model from the PTQ checkpoint in `args.pretrained` (and the EMA of `last.pt` on resume)."
         if isinstance(self.model, nn.Module): return
@@ -209,7 +244,7 @@ class QATTrainer(DetectionTrainer):
         return self.model if isinstance(self.model, nn.Module) else load_checkpoint(self.args.pretrained)[0]
 
     def _setup_train(self):
-        super()._setup_train()
+        with patch.object(nn.parallel, 'DistributedDataParallel', QATDDP): super()._setup_train()
         self.ema.__class__ = QATModelEMA       # keep the EMA's state, change how it updates
         m = unwrap_model(self.model)
         if self.qat_cfg.distill_weight > 0:
@@ -248,7 +283,7 @@ class QATTrainer(DetectionTrainer):
         self.metrics = self.validator(model=model)
         self.metrics.pop('fitness', None)
 
-# %% ../nbs/30_training.ipynb #3d702bc9
+# %% ../nbs/30_training.ipynb #1c7918d6
 def qat_train_args(cfg:QATConfig, fp32_lr0:float=0.002, fp32_optimizer:str='AdamW')->dict:
     "Ultralytics trainer arguments that implement the QAT schedule of `cfg`."
     lr = fp32_lr0 * cfg.lr_factor
@@ -257,7 +292,7 @@ def qat_train_args(cfg:QATConfig, fp32_lr0:float=0.002, fp32_optimizer:str='Adam
                 warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=lr, warmup_momentum=0.9, momentum=0.9,
                 mosaic=cfg.mosaic, close_mosaic=0, patience=10_000, val=True)
 
-# %% ../nbs/30_training.ipynb #f6af7d83
+# %% ../nbs/30_training.ipynb #2b7f69c8
 def _metrics_row(stage:str, m:dict|None)->dict:
     m = m or {}
     get = lambda *ks: next((float(m[k]) for k in ks if k in m), float('nan'))
@@ -279,7 +314,7 @@ def write_drift(out:str|Path, results_csv:str|Path, fp32:dict|None=None, ptq:dic
         w = csv.DictWriter(f, ['stage', 'map50', 'map50_95']); w.writeheader(); w.writerows(rows)
     return out
 
-# %% ../nbs/30_training.ipynb #7a0fba19
+# %% ../nbs/30_training.ipynb #dbd13094
 def train_qat(data:str|Path,                   # a data.yaml
               weights:str|Path,                # the FP32 model: an Ultralytics .pt
               qconfig='w8a8',                  # preset name, YAML file, dict or QConfigMap
@@ -305,25 +340,30 @@ def train_qat(data:str|Path,                   # a data.yaml
     else:
         cfg = check_qat_config(qat)
         set_seed(seed)
-        data = prepare_data_yaml(data, out)
-        if ptq is not None: qmodel, _ = load_checkpoint(ptq)
-        else:
-            qmodel = prepare_qat(load_fp32(weights), qconfig)
-            from kltn_qat.quantization.calibration import calibration_batches
-            calibrate(qmodel, calibration_batches(data, imgsz=imgsz, batch=calib_batch, n_images=calib_images, split='train'))
-        from dataclasses import asdict
-        ptq = save_checkpoint(qmodel, out / 'ptq.pt', imgsz=imgsz,
-                              extra={'qat': asdict(cfg), 'teacher': str(Path(weights).absolute()), 'fp32_lr0': fp32_lr0})
+        ddp = init_distributed(device)
+        if not ddp or dist.get_rank() == 0:   # under torchrun: rank 0 writes the data yaml and the PTQ checkpoint
+            data = prepare_data_yaml(data, out)
+            if ptq is not None: qmodel, _ = load_checkpoint(ptq)
+            else:
+                qmodel = prepare_qat(load_fp32(weights), qconfig)
+                from kltn_qat.quantization.calibration import calibration_batches
+                calibrate(qmodel, calibration_batches(data, imgsz=imgsz, batch=calib_batch, n_images=calib_images, split='train'))
+            from dataclasses import asdict
+            ptq = save_checkpoint(qmodel, out / 'ptq.pt', imgsz=imgsz,
+                                  extra={'qat': asdict(cfg), 'teacher': str(Path(weights).absolute()), 'fp32_lr0': fp32_lr0})
+        if ddp:
+            paths = [data, ptq]; dist.broadcast_object_list(paths, src=0); data, ptq = paths
         tr = QATTrainer(overrides=dict(model=str(ptq), pretrained=str(ptq), data=str(data), imgsz=imgsz,
                                        **qat_train_args(cfg, fp32_lr0, fp32_optimizer), **_train_args(device, cfg.workers, seed, project, name)))
         tr.train()
     wdir = Path(tr.wdir)
     res = {'ptq': ptq, 'qat': wdir / 'qat_best.pt', 'qat_last': wdir / 'qat_last.pt',
            'results_csv': Path(tr.save_dir) / 'results.csv'}
+    if dist.is_initialized() and dist.get_rank() != 0: return res   # rank 0 writes the run's files
     res['drift_csv'] = write_drift(Path(tr.save_dir) / 'drift.csv', res['results_csv'], fp32_metrics, ptq_metrics)
     return res
 
-# %% ../nbs/30_training.ipynb #f1fbdb69
+# %% ../nbs/30_training.ipynb #d8d93308
 def plot_training(results_csv:str|Path, title:str=''):
     "Training losses and validation mAP per epoch of an Ultralytics/QAT run."
     import pandas as pd, matplotlib.pyplot as plt

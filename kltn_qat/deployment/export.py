@@ -45,7 +45,7 @@ def _onnx_fake_quant(fq:FakeQuantize, x:Tensor)->Tensor:
         zp = fq.zero_point.float(); x = torch.clamp(x, (fq.scale * (s.qmin - zp)).item(), (fq.scale * (s.qmax - zp)).item())
     return torch.fake_quantize_per_tensor_affine(x, fq.scale, fq.zero_point, lo, hi)
 
-# %% ../../nbs/50_export.ipynb #8411cc71
+# %% ../../nbs/50_export.ipynb #c6632785
 _INNER = ('fq_in', 'weight_fq', 'fq_pre', 'fq_sig')   # a conv layer's quantizers other than its output's
 
 def export_copy(model:nn.Module,          # a prepared (QAT or PTQ) model
@@ -59,6 +59,17 @@ def export_copy(model:nn.Module,          # a prepared (QAT or PTQ) model
             for a in _INNER:
                 q = getattr(mod, a, None)
                 if q is not None and int(q.fake_quant_enabled): q.disable_fake_quant(); why[f"{name}.{a}"] = 'float_layers'
+    for name, mod in m.named_modules():   # weights wider than 8 bits: the layer must run in float
+        wq = getattr(mod, 'weight_fq', None)
+        if not isinstance(mod, (QConvBnAct, QConv2d)) or wq is None or wq.scheme.bits <= 8 or not int(wq.fake_quant_enabled): continue
+        out = next((q for q in (getattr(mod, 'fq_pre', None), mod.fq_out) if q is not None), None)
+        if out is None or out.scheme.bits > 8: continue            # a wide output: no Q after the conv, onnxruntime keeps it float
+        if mod.fq_in is not None and int(mod.fq_in.fake_quant_enabled):   # DQ → Conv(float W) → Q would be re-quantized to int8 by
+            mod.fq_in.disable_fake_quant()                            # onnxruntime: a float input keeps the conv float
+            why[f"{name}.fq_in"] = f"input of a layer with {wq.scheme.bits}-bit weights: float, so that onnxruntime computes the layer in float"
+        else:
+            warnings.warn(f"layer '{name}': {wq.scheme.bits}-bit weights between 8-bit activations: onnxruntime quantizes such a conv's "
+                          f"weights to int8 itself; give it 16-bit activations (preset int16) or list it in float_layers")
     for name, fq in quantizers(m):
         fq.disable_observer()
         s = fq.scheme

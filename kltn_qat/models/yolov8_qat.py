@@ -259,14 +259,16 @@ def swap_table(fp32:DetectionModel, qat:DetectionModel)->pd.DataFrame:
                      'status': 'float' if len(quantizers(q)) == 0 and not isinstance(q, QUpsample) else 'quantized'})
     return pd.DataFrame(rows)
 
-# %% ../../nbs/20_yolov8_qat.ipynb #a5e621e3
+# %% ../../nbs/20_yolov8_qat.ipynb #f24c6a47
 def default_qconfig(base:str|QConfig='w8a8', # preset or QConfig for every layer
-                    stem_bits:int|None=16,    # 16: stem at int16; None: stem float; 8: no exception
+                    stem_bits:int|None=16,    # 16: stem weights at int16; None: stem float; 8: no exception
                    )->QConfigMap:
-    "The default layer policy: `base` everywhere, the stem conv (`model.0`) at 16 bits."
-    qm = QConfigMap(preset(base) if isinstance(base, str) else base)
+    "The default layer policy: `base` everywhere, the stem conv's (`model.0`) weights at `stem_bits`."
+    base = preset(base) if isinstance(base, str) else base
+    qm = QConfigMap(base)
     if stem_bits is None: qm.override('model.0', 'float')
-    elif stem_bits == 16: qm.override('model.0', 'int16')
+    elif stem_bits != 8 and base.weight is not None:
+        qm.override('model.0', QConfig(QuantSpec.from_dict({**base.weight.to_dict(), 'bits': stem_bits}), base.activation))
     return qm
 
 # %% ../../nbs/20_yolov8_qat.ipynb #d47aa867

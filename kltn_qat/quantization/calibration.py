@@ -153,7 +153,7 @@ def head_error(fp32:nn.Module, qmodel:nn.Module, x:Tensor)->dict:
             'score_corr': torch.corrcoef(torch.stack([sa.flatten(), sb.flatten()]))[0, 1].item(),
             'top1pct_anchor_overlap': float(overlap)}
 
-# %% ../../nbs/21_calibration.ipynb #4f038569
+# %% ../../nbs/21_calibration.ipynb #24ac3dcd
 def calibrate_checkpoint(weights:str|Path,             # Ultralytics .pt (or a model yaml, for a quick test)
                          data_or_images:str|Path,       # data.yaml (its train split) or a folder of images
                          out:str|Path,                  # the kltn_qat checkpoint to write

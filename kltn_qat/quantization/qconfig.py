@@ -110,12 +110,13 @@ class QConfig:
             setattr(out, k, QuantSpec.from_dict({**(cur.to_dict() if cur else {}), **v}, f"{where}.{k}"))
         return out
 
-# %% ../../nbs/05_qconfig.ipynb #5fbf1751
+# %% ../../nbs/05_qconfig.ipynb #c7f7a0a8
 def _w(bits=8, **kw): return QuantSpec(bits, symmetric=True, signed=True, per_channel=True, narrow=True, observer='minmax', **kw)
 def _a(bits=8, **kw): return QuantSpec(bits, **{'observer': 'moving_average', **kw})
 
 PRESETS = {
     'w8a8':       lambda: QConfig(_w(8), _a(8)),
+    'w7a8':       lambda: QConfig(_w(7), _a(8)),
     'symmetric':  lambda: QConfig(_w(8), _a(8, symmetric=True, signed=True)),
     'asymmetric': lambda: QConfig(QuantSpec(8, signed=True, per_channel=True, observer='minmax'), _a(8)),
     'mixed':      lambda: QConfig(_w(4), _a(8)),
