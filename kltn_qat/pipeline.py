@@ -7,8 +7,9 @@ Docs: https://kltn-qat.github.io/kltn_qat/pipeline.html.md"""
 # %% auto #0
 __all__ = ['Stages', 'run_pipeline', 'metrics_table', 'plot_per_class', 'write_report', 'head_line', 'results_markdown']
 
-# %% ../nbs/55_pipeline.ipynb #36514138
-import json, os, shutil, time, platform
+# %% ../nbs/55_pipeline.ipynb #d7c275d1
+import json, os, shutil, time, platform, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Stages:
         self.ran.append(name)
         return r
 
-# %% ../nbs/55_pipeline.ipynb #f512a412
+# %% ../nbs/55_pipeline.ipynb #b57ef793
 def _m(ev:dict|None, latency_ms=None, size_mb=None)->dict:
     ev = ev or {}
     return {'map50': ev.get('map50'), 'map50_95': ev.get('map50_95'), 'precision': ev.get('precision'), 'recall': ev.get('recall'),
@@ -166,17 +167,27 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     ev = st.run('evaluate', {**k_exp, 'models': models}, _eval)
 
     # benchmark
-    def _bench():
+    def _bench():   # in a fresh process: this one's PyTorch worker threads (training, evaluation) would compete with onnxruntime's
         from kltn_qat.deployment.benchmark import benchmark
         b = cfg.benchmark
         ms = [(k, w) for k, w in models.items() if w.endswith('.onnx')]
-        df = benchmark(ms, threads=b.threads, runs=b.runs, warmup=b.warmup, json_out=out / 'benchmark.json', plot_out=out / 'benchmark.png')
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as ex:
+            df = ex.submit(benchmark, ms, threads=b.threads, runs=b.runs, warmup=b.warmup,
+                           json_out=out / 'benchmark.json', plot_out=out / 'benchmark.png').result()
         return json.loads(df.reset_index().to_json(orient='records'))
     bench = st.run('benchmark', {**k_exp, 'benchmark': c['benchmark'], 'models': models}, _bench)
 
+    # fidelity: each INT8 ONNX against the fake-quant model it was exported from, on the evaluation images
+    def _fidelity():
+        from kltn_qat.deployment.export import fidelity
+        from kltn_qat.data import load_data_yaml
+        imgs = [str(p) for p in load_data_yaml(data_yaml)['test' if load_data_yaml(data_yaml).get('test') else 'val']]
+        return {o: fidelity(models[pt], models[o], imgs) for pt, o in (('ptq', 'ptq_onnx_int8'), ('qat', 'qat_onnx_int8'))}
+    fid = st.run('fidelity', {**k_exp, 'models': models}, _fidelity)
+
     lat = {r.get('model', r.get('name', r.get('index'))): r.get('median_ms') for r in bench}
     metrics = {'models': {k: _m(ev.get(k), lat.get(k), _size(w)) for k, w in models.items()},
-               'ptq_head_error': head, 'config': c, 'dataset': ds['summary'], 'benchmark': bench,
+               'ptq_head_error': head, 'fidelity': fid, 'config': c, 'dataset': ds['summary'], 'benchmark': bench,
                'machine': {'platform': platform.platform(), 'cpus': os.cpu_count(), 'device': str(get_device(cfg.device or None))},
                'stages_run': st.ran, 'seconds': round(time.time() - t0, 1)}
     tmp = out / 'metrics.json.tmp'; tmp.write_text(json.dumps(metrics, indent=1, default=str)); os.replace(tmp, out / 'metrics.json')
@@ -236,13 +247,17 @@ def write_report(out:Path, metrics:dict, ev:dict, qat:dict)->Path:
     p = out / 'report.md'; p.write_text('\n'.join(md))
     return p
 
-# %% ../nbs/55_pipeline.ipynb #1d695706
+# %% ../nbs/55_pipeline.ipynb #688a02fd
 def head_line(metrics:dict)->str:
-    "One sentence on the PTQ model's head SQNR against FP32 (empty for runs without it)."
-    h = metrics.get('ptq_head_error')
-    if not h: return ''
-    return (f"PTQ head outputs against FP32 ({h['images']} `{h['split']}` images): SQNR {h['sqnr_head_db']:.1f} dB "
-            f"(boxes {h['sqnr_boxes_db']:.1f}, classes {h['sqnr_cls_db']:.1f}); class-score correlation {h['score_corr']:.3f}.")
+    "The PTQ model's head SQNR against FP32 and each INT8 ONNX's fidelity to its fake-quant model, as sentences (empty for runs without them)."
+    out, h = [], metrics.get('ptq_head_error')
+    if h: out.append(f"PTQ head outputs against FP32 ({h['images']} `{h['split']}` images): SQNR {h['sqnr_head_db']:.1f} dB "
+                     f"(boxes {h['sqnr_boxes_db']:.1f}, classes {h['sqnr_cls_db']:.1f}); class-score correlation {h['score_corr']:.3f}.")
+    for o, f in (metrics.get('fidelity') or {}).items():
+        out.append(f"`{o}` against its fake-quant model ({f['images']} images): class-score SQNR {f['score_sqnr_db']:.1f} dB, "
+                   f"largest score difference {f['score_max_abs']:.3f}; box corners {f['box_mean_abs_px']:.2f} px apart on average, "
+                   f"{f['box_p99_abs_px']:.1f} px at the 99th percentile.")
+    return '\n\n'.join(out)
 
 def results_markdown(metrics:dict|str|Path)->str:
     "The models table of a run (`metrics.json` or its dict) as Markdown, and the PTQ head SQNR."

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from unittest.mock import patch
 
-# %% ../nbs/30_training.ipynb #83fa6b23
+# %% ../nbs/30_training.ipynb #fe653c70
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,6 +24,8 @@ from ultralytics import YOLO
 from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+from ultralytics.utils import RANK
+import ultralytics.engine.validator as ul_validator, ultralytics.models.yolo.detect.val as ul_detect_val
 from .core import KltnError, ConfigError, CheckpointError, check_file, get_device, set_seed
 from .config import QATConfig, from_dict
 from .data import prepare_data_yaml
@@ -211,7 +213,7 @@ class QATDDP(nn.parallel.DistributedDataParallel):
         cpu = next(module.parameters()).device.type == 'cpu'
         super().__init__(module, device_ids=None if cpu else device_ids, **kw)
 
-# %% ../nbs/30_training.ipynb #0a00c1d0
+# %% ../nbs/30_training.ipynb #3c048368
 class QATTrainer(DetectionTrainer):
     "Ultralytics' detection trainer for a kltn_qat model: schedule, exact EMA, distillation, atomic kltn_qat checkpoints, DDP on CPU."
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
@@ -275,12 +277,17 @@ class QATTrainer(DetectionTrainer):
         return ok
 
     def final_eval(self):
-        "Validate the full-precision kltn_qat best checkpoint (not the fp16 pickle)."
+        "Validate the full-precision kltn_qat best checkpoint (not the fp16 pickle); under DDP on rank 0 alone, on the whole split."
         qbest = self.best.with_name('qat_best.pt')
         if not qbest.exists(): return super().final_eval()
+        if RANK > 0: return
         model, _ = load_checkpoint(qbest)
         self.validator.args.plots = False
-        self.metrics = self.validator(model=model)
+        if self.world_size <= 1: self.metrics = self.validator(model=model)
+        else:   # Ultralytics' stand-alone validation under DDP assumes one GPU per rank and gathers from every rank
+            self.validator.dataloader = None   # the training loader held this rank's half of the split
+            with patch.multiple(ul_validator, RANK=-1, LOCAL_RANK=-1), patch.multiple(ul_detect_val, RANK=-1, LOCAL_RANK=-1):
+                self.metrics = self.validator(model=model)
         self.metrics.pop('fitness', None)
 
 # %% ../nbs/30_training.ipynb #1c7918d6

@@ -90,7 +90,7 @@ def machine_info()->dict:
     return {'cpu': cpu, 'cores': os.cpu_count(), 'loadavg': [round(v, 2) for v in os.getloadavg()],
             'onnxruntime': ort.__version__, 'python': platform.python_version()}
 
-# %% ../../nbs/52_benchmark.ipynb #e60a2de2
+# %% ../../nbs/52_benchmark.ipynb #7e63a9c4
 def benchmark(models:list,               # .onnx paths or (name, path) pairs; the first is the reference for ratios
               threads:int=2,             # onnxruntime intra-op threads (`--threads`)
               imgsz:int|None=None,       # square input side for dynamic graphs (`--imgsz`); None: the model's own
@@ -105,7 +105,7 @@ def benchmark(models:list,               # .onnx paths or (name, path) pairs; th
     named = _named(models)
     if runs < 1 or warmup < 0: raise KltnError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     shapes = {n: input_shape(p, imgsz, batch) for n, p in named}
-    sessions = {n: make_session(p, threads) for n, p in named}
+    sessions = {n: make_session(p, threads, spin=False) for n, p in named}   # spinning sessions would steal each other's cores
     rng = np.random.default_rng(0)
     feeds = {n: {s.get_inputs()[0].name: rng.random(shapes[n], dtype=np.float32)} for n, s in sessions.items()}
     info = machine_info()

@@ -138,14 +138,16 @@ class Detections:
         src = f"{self.path.name}: " if self.path else ''
         return f"Detections({src}{len(self)} boxes, image {self.shape[1]}x{self.shape[0]})"
 
-# %% ../../nbs/51_inference.ipynb #bdfce716
+# %% ../../nbs/51_inference.ipynb #c51d541a
 def session_options(threads:int=2, # intra-op threads (cores used by one inference)
                     optimized_path:str|Path|None=None, # write the graph after onnxruntime's optimizations here
                     level:ort.GraphOptimizationLevel=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                    spin:bool=True,     # let idle intra-op threads spin-wait (onnxruntime's default; off for several sessions at once)
                    )->ort.SessionOptions:
     "onnxruntime session options for a reproducible CPU latency: `threads` intra-op, 1 inter-op, sequential."
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if not spin: so.add_session_config_entry('session.intra_op.allow_spinning', '0')
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = level
     so.log_severity_level = 3
