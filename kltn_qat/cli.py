@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #e4a40794
+# %% ../nbs/60_cli.ipynb #da9b738d
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -74,8 +74,14 @@ def _benchmark_train(args):
     if args.json: Path(args.json).write_text(df.reset_index().to_json(orient='records', indent=1))
 
 def _benchmark(args):
-    from kltn_qat.deployment.benchmark import benchmark, print_benchmark
-    df = benchmark(args.models, threads=args.threads, imgsz=args.imgsz, runs=args.runs, warmup=args.warmup,
+    from kltn_qat.deployment.benchmark import benchmark, print_benchmark, ort_quantize_static
+    models = [(Path(m).stem, m) for m in args.models]
+    if args.ort_peers:   # onnxruntime's own static PTQ of the first (FP32) model, as peers in the same table
+        from kltn_qat.quantization.calibration import image_files
+        calib, ref = [str(p) for p in image_files(args.ort_peers)], Path(args.models[0])
+        models[1:1] = [(f'ort_ptq_{k}', ort_quantize_static(ref, calib, ref.with_name(f'{ref.stem}_ort_ptq_{k}.onnx'), exclude_head=k == 'head_float'))
+                       for k in ('whole', 'head_float')]
+    df = benchmark(models, threads=args.threads, imgsz=args.imgsz, runs=args.runs, warmup=args.warmup,
                    json_out=args.json, plot_out=args.plot)
     print_benchmark(df)
 
@@ -114,7 +120,7 @@ def _docs_readme(args):
         print('README.md is in sync with nbs/index.ipynb')
     else: print(sync_readme())
 
-# %% ../nbs/60_cli.ipynb #46afecef
+# %% ../nbs/60_cli.ipynb #f16fae78
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
@@ -184,6 +190,9 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('models', nargs='+', help='.onnx files; the first is the reference (FP32)')
     s.add_argument('--threads', type=int, default=2); s.add_argument('--imgsz', type=int, default=None)
     s.add_argument('--runs', type=int, default=30); s.add_argument('--warmup', type=int, default=5)
+    s.add_argument('--ort-peers', default=None, metavar='IMAGES',
+                   help="also quantize the first (FP32) model with onnxruntime's quantize_static, calibrated on IMAGES "
+                        "(folder or data.yaml): whole graph and head post-processing float, written next to it")
     s.add_argument('--json', default=None); s.add_argument('--plot', default=None); s.set_defaults(func=_benchmark)
 
     s = sub.add_parser('pipeline', help='the whole study: data, FP32, PTQ, QAT, export, evaluation, benchmark, report')

@@ -60,7 +60,7 @@ def letterbox(im:np.ndarray,          # BGR uint8 image (H, W, 3), as cv2 reads 
     im = LetterBox(_hw(imgsz), auto=False, scaleup=scaleup)(image=im)
     return np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255
 
-# %% ../../nbs/51_inference.ipynb #b730ef88
+# %% ../../nbs/51_inference.ipynb #3603f60d
 def _as_ultralytics_model(model, nc:int|None=None)->nn.Module:
     "A float `DetectionModel` from a model, an Ultralytics `.pt` or a yaml (for `export_fp32`)."
     if isinstance(model, nn.Module): return model
@@ -97,6 +97,7 @@ def export_fp32(model:nn.Module|str|Path, # a DetectionModel, an Ultralytics .pt
     if not hasattr(m, 'task'): m.task = 'detect'
     if not getattr(m, 'names', None): m.names = {i: str(i) for i in range(int(m.model[-1].nc))}
     out = Path(out).expanduser().resolve(); out.parent.mkdir(parents=True, exist_ok=True)
+    m = copy.copy(m); m.pt_path = 'model.pt'   # the Exporter writes beside this name: inside the temporary cwd, whatever the .pt's path
     args = dict(format='onnx', imgsz=imgsz, batch=1, simplify=simplify, dynamic=False, verbose=False)
     if opset is not None: args['opset'] = opset
     with tempfile.TemporaryDirectory() as d:   # the Exporter writes next to the model file or in the cwd
