@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #da9b738d
+# %% ../nbs/60_cli.ipynb #16ab64fa
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -84,6 +84,11 @@ def _benchmark(args):
     df = benchmark(models, threads=args.threads, imgsz=args.imgsz, runs=args.runs, warmup=args.warmup,
                    json_out=args.json, plot_out=args.plot)
     print_benchmark(df)
+    if args.ops:
+        from kltn_qat.deployment.benchmark import op_profile
+        for name, path in models:
+            print(f"\n{name}: onnxruntime kernel time per operator type (ms per run)")
+            print(op_profile(path, threads=args.threads, imgsz=args.imgsz).head(args.ops).to_string(float_format=lambda v: f"{v:.3f}"))
 
 def _pipeline(args):
     from kltn_qat.pipeline import run_pipeline
@@ -120,7 +125,7 @@ def _docs_readme(args):
         print('README.md is in sync with nbs/index.ipynb')
     else: print(sync_readme())
 
-# %% ../nbs/60_cli.ipynb #f16fae78
+# %% ../nbs/60_cli.ipynb #6b452269
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
@@ -193,6 +198,7 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--ort-peers', default=None, metavar='IMAGES',
                    help="also quantize the first (FP32) model with onnxruntime's quantize_static, calibrated on IMAGES "
                         "(folder or data.yaml): whole graph and head post-processing float, written next to it")
+    s.add_argument('--ops', type=int, default=0, metavar='N', help="also print each model's N most expensive operator types")
     s.add_argument('--json', default=None); s.add_argument('--plot', default=None); s.set_defaults(func=_benchmark)
 
     s = sub.add_parser('pipeline', help='the whole study: data, FP32, PTQ, QAT, export, evaluation, benchmark, report')

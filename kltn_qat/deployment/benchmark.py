@@ -6,20 +6,22 @@ Docs: https://kltn-qat.github.io/kltn_qat/benchmark.html.md"""
 
 # %% auto #0
 __all__ = ['input_shape', 'peak_memory', 'machine_info', 'benchmark', 'save_benchmark', 'load_benchmark', 'format_benchmark',
-           'print_benchmark', 'plot_benchmark', 'detect_prefix', 'head_nodes', 'ImageReader', 'ort_quantize_static']
+           'print_benchmark', 'plot_benchmark', 'op_profile', 'detect_prefix', 'head_nodes', 'ImageReader',
+           'ort_quantize_static']
 
-# %% ../../nbs/52_benchmark.ipynb #345e2b87
-import ast, json, os, platform, subprocess, sys, tempfile, time
+# %% ../../nbs/52_benchmark.ipynb #2b3e58f2
+import ast, json, os, platform, shutil, subprocess, sys, tempfile, time
+from collections import defaultdict
 from pathlib import Path
 
-# %% ../../nbs/52_benchmark.ipynb #68c3d756
+# %% ../../nbs/52_benchmark.ipynb #33e4d78d
 import numpy as np
 import pandas as pd
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 from ..core import KltnError, QuantError, DataError, check_file
-from .inference import make_session, letterbox, image_files, read_image, read_onnx_metadata, export_fp32
+from .inference import make_session, session_options, letterbox, image_files, read_image, read_onnx_metadata, export_fp32
 
 # %% ../../nbs/52_benchmark.ipynb #753b4b28
 def _named(models)->list[tuple[str,Path]]:
@@ -182,7 +184,33 @@ def plot_benchmark(df:pd.DataFrame, # from `benchmark`
     fig.tight_layout()
     return fig
 
-# %% ../../nbs/52_benchmark.ipynb #1933be07
+# %% ../../nbs/52_benchmark.ipynb #58a5d323
+def op_profile(path:str|Path,          # an .onnx file
+               threads:int=2,           # intra-op threads
+               runs:int=20,             # timed runs (after 3 warm-up runs, dropped)
+               imgsz:int|None=None,     # input side for dynamic graphs
+              )->pd.DataFrame:
+    "Kernel time per run of each operator type in onnxruntime, largest first, with its share of the total."
+    shape = input_shape(path, imgsz)
+    so = session_options(threads, spin=False)
+    d = Path(tempfile.mkdtemp()); so.enable_profiling = True; so.profile_file_prefix = str(d / 'ort')
+    try:
+        s = ort.InferenceSession(str(check_file(path, 'ONNX model')), so, providers=['CPUExecutionProvider'])
+        feed = {s.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+        for _ in range(runs + 3): s.run(None, feed)
+        events = json.loads(Path(s.end_profiling()).read_text())
+    finally: shutil.rmtree(d, ignore_errors=True)
+    per_op = defaultdict(list)
+    for e in events:
+        if e.get('cat') == 'Node' and e.get('name', '').endswith('_kernel_time'): per_op[e['args']['op_name']].append(e['dur'])
+    n_nodes = {op: len(v) // (runs + 3) for op, v in per_op.items()}
+    ms = {op: sum(v[3 * n_nodes[op]:]) / runs / 1000 for op, v in per_op.items()}
+    df = pd.DataFrame({'ms': ms, 'nodes': n_nodes}).sort_values('ms', ascending=False)
+    df['share'] = df.ms / df.ms.sum()
+    df.index.name = 'op'
+    return df
+
+# %% ../../nbs/52_benchmark.ipynb #4d354b73
 def detect_prefix(model:onnx.ModelProto)->str:
     "The node-name prefix of the Detect layer (e.g. '/model.22/'), found from its DFL nodes."
     for n in model.graph.node:
@@ -199,7 +227,7 @@ def head_nodes(model:onnx.ModelProto|str|Path, # an Ultralytics YOLO detector ON
     keep = tuple(p + b for b in ('cv2', 'cv3', 'one2one_cv2', 'one2one_cv3'))
     return [n.name for n in model.graph.node if n.name.startswith(p) and not n.name.startswith(keep)]
 
-# %% ../../nbs/52_benchmark.ipynb #08cc635a
+# %% ../../nbs/52_benchmark.ipynb #ac902a24
 class ImageReader(CalibrationDataReader):
     "onnxruntime `CalibrationDataReader` over letterboxed images (files, a folder, or arrays), one image per batch."
     def __init__(self, images, # folder, image file, list of files, or a float array (N, 3, h, w) in [0, 1]
@@ -219,7 +247,7 @@ class ImageReader(CalibrationDataReader):
         if not isinstance(x, np.ndarray): x = letterbox(read_image(x), self.imgsz, scaleup=False)
         return {self.input_name: x}
 
-# %% ../../nbs/52_benchmark.ipynb #73214c2c
+# %% ../../nbs/52_benchmark.ipynb #6e3bd860
 def ort_quantize_static(fp32_onnx:str|Path,     # the FP32 ONNX (e.g. from `export_fp32`)
                         calib_images,           # folder, list of image files, or float array (N, 3, h, w)
                         out:str|Path,           # the QDQ ONNX to write
