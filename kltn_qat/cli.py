@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #16ab64fa
+# %% ../nbs/60_cli.ipynb #b2bb1769
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -67,9 +67,14 @@ def _benchmark_train(args):
     from kltn_qat.evaluation import benchmark_train_step
     from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, set_quant_state
     fp32 = load_fp32(args.weights, nc=args.nc)
+    import copy, torch
     qat = prepare_qat(fp32, args.qconfig)
-    set_quant_state(qat, observers=True, fake_quant=True)
-    df = benchmark_train_step({'fp32': fp32, 'qat': qat}, imgsz=args.imgsz, batch=args.batch, steps=args.steps, device=args.device)
+    set_quant_state(qat, observers=True, fake_quant=True)        # QAT before the observer freeze: ranges updated every step
+    frozen = copy.deepcopy(qat)
+    with torch.no_grad(): frozen.eval()(torch.rand(2, 3, args.imgsz, args.imgsz))
+    set_quant_state(frozen, observers=False)                       # ... and after it: fixed ranges
+    df = benchmark_train_step({'fp32': fp32, 'qat': qat, 'qat_observers_frozen': frozen}, imgsz=args.imgsz, batch=args.batch,
+                              steps=args.steps, device=args.device)
     print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     if args.json: Path(args.json).write_text(df.reset_index().to_json(orient='records', indent=1))
 
