@@ -178,7 +178,12 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
 
     # kltn_qat PTQ; exports are keyed on the exporter's source too, so they re-run when it changes
     import hashlib, importlib.util
-    exporter = hashlib.sha1(Path(importlib.util.find_spec('kltn_qat.deployment.export').origin).read_bytes()).hexdigest()[:12]
+    src_sha = lambda *mods: hashlib.sha1(b''.join(Path(importlib.util.find_spec(m).origin).read_bytes() for m in mods)).hexdigest()[:12]
+    exporter = src_sha('kltn_qat.deployment.export')
+    # PTQ and QAT are keyed on the source of what defines the quantized model and its training, so they re-run when it changes
+    qcode = src_sha(*[f'kltn_qat.{m}' for m in ('quantization.schemes', 'quantization.observers', 'quantization.fake_quantize',
+                                                'quantization.qconfig', 'quantization.fusion', 'quantization.qat_modules',
+                                                'quantization.calibration', 'models.yolov8_qat', 'training')])
     def _export(src, dst):
         try: return __export(src, dst)
         except Exception as e: errors[Path(dst).stem] = f"{type(e).__name__}: {e}"; log(traceback.format_exc()); return None
@@ -186,7 +191,8 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
         def f():
             from kltn_qat.deployment.export import export_onnx
             return {'onnx': str(export_onnx(src, out / 'onnx' / dst, opset=opset, imgsz=imgsz))}
-        return st.run(Path(dst).stem, {'src': src, 'opset': opset, 'imgsz': imgsz, 'exporter': exporter}, f, lambda r: [r['onnx']])['onnx']
+        key = {'src': src, 'src_sha1': hashlib.sha1(Path(src).read_bytes()).hexdigest()[:12], 'opset': opset, 'imgsz': imgsz, 'exporter': exporter}
+        return st.run(Path(dst).stem, key, f, lambda r: [r['onnx']])['onnx']   # keyed on the checkpoint's content: a retrained model re-exports
     def _ptq():
         from kltn_qat.quantization.calibration import calibrate_checkpoint
         from kltn_qat.quantization.qconfig import QConfigMap
@@ -194,8 +200,8 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
         p = calibrate_checkpoint(fp32_pt, data_yaml, out / 'ptq.pt', n_images=cfg.calibration.n_images, imgsz=imgsz,
                                  qconfig=QConfigMap.from_dict(cfg.qconfig), batch=cfg.calibration.batch, device=cfg.device or None)
         return {'weights': str(p), 'seconds': time.time() - t}
-    ptq = st.run('kltn_ptq', {'fp32': fp32_pt, 'data': data_yaml, 'qconfig': c['qconfig'], 'calibration': c['calibration'],
-                              'imgsz': imgsz}, _ptq, lambda r: [r['weights']])
+    k_ptq = {'fp32': fp32_pt, 'data': data_yaml, 'qconfig': c['qconfig'], 'calibration': c['calibration'], 'imgsz': imgsz, 'code': qcode}
+    ptq = st.run('kltn_ptq', k_ptq, _ptq, lambda r: [r['weights']])
     ptq['onnx'] = _export(ptq['weights'], 'kltn_ptq_int8.onnx')
 
     # kltn_qat QAT, one run per seed, all from the same PTQ checkpoint
@@ -208,7 +214,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
                           fp32_optimizer=cfg.fp32.optimizer, device=cfg.device, seed=s, project=out, name=f'qat_s{s}', ptq=ptq['weights'])
             return {'weights': str(r['qat']), 'seconds': time.time() - t, 'epoch_s': epoch_seconds(r['results_csv'])}
         try:
-            qat[s] = st.run(f'kltn_qat_s{s}', {'ptq': ptq['weights'], 'qat': c['qat'], 'seed': s}, _qat, lambda r: [r['weights']])
+            qat[s] = st.run(f'kltn_qat_s{s}', {'ptq': k_ptq, 'qat': c['qat'], 'seed': s}, _qat, lambda r: [r['weights']])
             qat[s]['onnx'] = _export(qat[s]['weights'], f'kltn_qat_s{s}_int8.onnx')
         except Exception as e: errors[f'kltn_qat_s{s}'] = f"{type(e).__name__}: {e}"; log(traceback.format_exc())
 

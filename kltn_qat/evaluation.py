@@ -168,7 +168,7 @@ def benchmark_train_step(models:dict[str,nn.Module], # name -> model (the first 
              'peak_rss_mb': mem[k]} for k, v in times.items()]
     return pd.DataFrame(rows).set_index('model')
 
-# %% ../nbs/40_evaluation.ipynb #0a8c55a5
+# %% ../nbs/40_evaluation.ipynb #744506c9
 def file_size_mb(path:str|Path)->float:
     "Size of a file in MiB."
     return Path(path).stat().st_size / 2**20
@@ -177,7 +177,7 @@ def n_params(model:nn.Module)->int:
     "Number of parameters."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../nbs/40_evaluation.ipynb #a918b477
+# %% ../nbs/40_evaluation.ipynb #38001267
 COMPARE_COLS = ['map50', 'map50_95', 'd_map50_95', 'latency_ms', 'latency_ratio', 'size_mb', 'params_m', 'peak_rss_mb']
 
 def compare_models(rows:dict[str,dict], # name -> metrics (map50, map50_95, latency_ms, size_mb, params_m, peak_rss_mb; missing = NaN)
@@ -203,7 +203,7 @@ def plot_compare(df:pd.DataFrame, cols=('map50_95', 'latency_ms', 'size_mb'), fi
     fig.tight_layout()
     return fig
 
-# %% ../nbs/40_evaluation.ipynb #12a0a9fb
+# %% ../nbs/40_evaluation.ipynb #2f4f72a6
 def plot_drift(drift:str|Path|pd.DataFrame, ax=None):
     "mAP50-95 and mAP50 across FP32 → PTQ → QAT epochs, with the FP32 level as a dashed line."
     df = pd.read_csv(drift) if not isinstance(drift, pd.DataFrame) else drift
