@@ -15,7 +15,7 @@ from pathlib import Path
 import kltn_qat
 from .core import KltnError
 
-# %% ../nbs/60_cli.ipynb #b2bb1769
+# %% ../nbs/60_cli.ipynb #6cea7b4d
 def _version(args):
     print(kltn_qat.__version__)
 
@@ -79,8 +79,8 @@ def _benchmark_train(args):
     if args.json: Path(args.json).write_text(df.reset_index().to_json(orient='records', indent=1))
 
 def _benchmark(args):
-    from kltn_qat.deployment.benchmark import benchmark, print_benchmark, ort_quantize_static
-    models = [(Path(m).stem, m) for m in args.models]
+    from kltn_qat.deployment.benchmark import benchmark, print_benchmark, ort_quantize_static, _named
+    models = _named(args.models)   # (name, path), names made unique
     if args.ort_peers:   # onnxruntime's own static PTQ of the first (FP32) model, as peers in the same table
         from kltn_qat.quantization.calibration import image_files
         calib, ref = [str(p) for p in image_files(args.ort_peers)], Path(args.models[0])

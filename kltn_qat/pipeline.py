@@ -50,7 +50,7 @@ class Stages:
         self.ran.append(name)
         return r
 
-# %% ../nbs/55_pipeline.ipynb #b57ef793
+# %% ../nbs/55_pipeline.ipynb #0f49214e
 def _m(ev:dict|None, latency_ms=None, size_mb=None)->dict:
     ev = ev or {}
     return {'map50': ev.get('map50'), 'map50_95': ev.get('map50_95'), 'precision': ev.get('precision'), 'recall': ev.get('recall'),
@@ -112,15 +112,17 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     k_ptq = {**k_fp32, 'qconfig': c['qconfig'], 'calibration': c['calibration']}
     ptq = st.run('ptq', k_ptq, _ptq, lambda r: [r['weights']])
 
+    from kltn_qat.data import load_data_yaml
+    d = load_data_yaml(data_yaml)
+    eval_split = 'test' if d.get('test') else 'val'   # the images the head error and the fidelity are measured on
+
     # how far calibration moved the head's raw outputs from FP32, on test images
     def _head():
         from kltn_qat.quantization.calibration import calibration_batches, head_error
         from kltn_qat.models.yolov8_qat import load_fp32, load_checkpoint
-        from kltn_qat.data import load_data_yaml
         import torch
-        split = 'test' if load_data_yaml(data_yaml).get('test') else 'val'
-        x = torch.cat(list(calibration_batches(data_yaml, imgsz=cfg.model.imgsz, batch=8, n_images=16, split=split)))
-        return {'split': split, 'images': len(x), **head_error(load_fp32(fp32['weights']), load_checkpoint(ptq['weights'])[0], x)}
+        x = torch.cat(list(calibration_batches(data_yaml, imgsz=cfg.model.imgsz, batch=8, n_images=16, split=eval_split)))
+        return {'split': eval_split, 'images': len(x), **head_error(load_fp32(fp32['weights']), load_checkpoint(ptq['weights'])[0], x)}
     head = st.run('head_error', k_ptq, _head)
 
     # QAT
@@ -150,8 +152,7 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     if cfg.benchmark.ort_peers:
         def _peers():
             from kltn_qat.deployment.benchmark import ort_quantize_static
-            from kltn_qat.data import load_data_yaml
-            calib = [str(p) for p in load_data_yaml(data_yaml)['train']]
+            calib = [str(p) for p in d['train']]
             n = cfg.calibration.n_images
             return {'ort_ptq_whole': str(ort_quantize_static(onx['fp32_onnx'], calib, out / 'onnx' / 'ort_ptq_whole.onnx', exclude_head=False, n_images=n)),
                     'ort_ptq_head_float': str(ort_quantize_static(onx['fp32_onnx'], calib, out / 'onnx' / 'ort_ptq_head_float.onnx', exclude_head=True, n_images=n))}
@@ -180,8 +181,7 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     # fidelity: each INT8 ONNX against the fake-quant model it was exported from, on the evaluation images
     def _fidelity():
         from kltn_qat.deployment.export import fidelity
-        from kltn_qat.data import load_data_yaml
-        imgs = [str(p) for p in load_data_yaml(data_yaml)['test' if load_data_yaml(data_yaml).get('test') else 'val']]
+        imgs = [str(p) for p in d[eval_split]]
         return {o: fidelity(models[pt], models[o], imgs) for pt, o in (('ptq', 'ptq_onnx_int8'), ('qat', 'qat_onnx_int8'))}
     fid = st.run('fidelity', {**k_exp, 'models': models}, _fidelity)
 
