@@ -155,7 +155,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
 
     # FP32 ONNX (Ultralytics' exporter, with the same DFL softmax layout as kltn_qat's INT8 export)
     def _fp32_onnx():
-        from kltn_qat.deployment.inference import export_fp32
+        from kltn_qat.deployment.export import export_fp32
         import inspect
         kw = {'fast_dfl': True} if 'fast_dfl' in inspect.signature(export_fp32).parameters else {}
         return {'onnx': str(export_fp32(fp32_pt, out / 'onnx' / 'fp32.onnx', imgsz=imgsz, opset=opset, **kw)), 'fast_dfl': bool(kw)}

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 from ultralytics.nn.modules import Detect
-from .core import KltnError, QuantError, DataError, ConfigError, get_device
+from .core import KltnError, QuantError, DataError, ConfigError, CheckpointError, get_device
 from .quantization.schemes import sqnr, fake_quantize_ref
 from .quantization.fake_quantize import FakeQuantize, quantizers
 from .quantization.qconfig import QConfig, QConfigMap, PRESETS
@@ -35,7 +35,7 @@ from .quantization.calibration import calibrate, calibration_batches
 from .models.yolov8_qat import (prepare_qat, default_qconfig, set_quant_state, raw_head, output_quantizer,
                                         load_checkpoint, load_fp32, as_qconfig_map)
 from .data import load_data_yaml, split_images
-from .evaluation import evaluate, model_kind
+from .evaluation import evaluate, model_kind, _check_calibrated as _check_file_calibrated
 
 # %% ../nbs/41_analysis.ipynb #8bad39f2
 class _Err:
@@ -482,6 +482,7 @@ def load_for_analysis(weights:str|Path,     # a kltn_qat checkpoint, an Ultralyt
     ds = load_data_yaml(data)
     if not str(weights).endswith(('.yaml', '.yml')) and model_kind(weights) == 'kltn_qat':
         q, info = load_checkpoint(weights, device)
+        _check_file_calibrated(q, weights)
         return None, q, int(imgsz or info.get('imgsz') or 640)
     imgsz = int(imgsz or 640)
     fp32 = load_fp32(weights, nc=ds['nc'] if str(weights).endswith(('.yaml', '.yml')) else None).to(device).eval()
@@ -520,6 +521,24 @@ def analyze_sensitivity(weights:str|Path,       # `--weights`: kltn_qat checkpoi
     sens.attrs.update(yaml=str(yp), csv=str(csv))
     return sens
 
+def _is_yaml(p)->bool: return str(p).endswith(('.yaml', '.yml'))
+
+def _check_error_inputs(weights_fp32, weights_qat):
+    "Clear errors, before any work, when `--fp32` is a quantized checkpoint or `--qat` is not one."
+    if not _is_yaml(weights_fp32):
+        k = model_kind(weights_fp32)
+        if k == 'kltn_qat':
+            raise CheckpointError(f"{weights_fp32} is a kltn_qat checkpoint (already quantized), not an FP32 model: pass it as --qat "
+                                  "and give the FP32 weights it came from (Ultralytics .pt or model yaml) as --fp32")
+        if k == 'onnx': raise CheckpointError(f"{weights_fp32} is an ONNX model: --fp32 needs the PyTorch FP32 weights (Ultralytics .pt or model yaml)")
+    if weights_qat is None: return
+    k = 'yaml' if _is_yaml(weights_qat) else model_kind(weights_qat)
+    if k == 'kltn_qat': return
+    what = 'an ONNX model' if k == 'onnx' else 'a model yaml' if k == 'yaml' else 'an FP32 model (an Ultralytics .pt)'
+    raise CheckpointError(f"{weights_qat} is {what}, not a kltn_qat checkpoint: make one with `kltn-qat calibrate --weights "
+                          f"{weights_qat} --data DATA_YAML --out ptq.pt` and pass that as --qat, or leave --qat out to "
+                          f"analyse the PTQ model of --fp32")
+
 def analyze_error(weights_fp32:str|Path,          # `--weights`: the FP32 model (Ultralytics .pt or model yaml)
                   weights_qat:str|Path|None,      # `--qat`: a kltn_qat checkpoint; None: PTQ of `weights_fp32` with `qconfig`
                   data:str|Path,                  # `--data`: data.yaml
@@ -533,6 +552,7 @@ def analyze_error(weights_fp32:str|Path,          # `--weights`: the FP32 model 
                   batch:int=4, device:str='cpu', progress:bool=True,
                  )->pd.DataFrame:
     "Layer-wise error of a quantized model against its FP32 model on `data`'s val images; writes the table (and plot)."
+    _check_error_inputs(weights_fp32, weights_qat)
     ds = load_data_yaml(data)
     if weights_qat is None: fp32, q, imgsz = load_for_analysis(weights_fp32, data, imgsz, qconfig, n_calib, batch, device, progress)
     else:

@@ -34,21 +34,23 @@ def _data_check(args):
 def _train_fp32(args):
     from kltn_qat.training import train_fp32
     print(train_fp32(args.data, args.model, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, lr0=args.lr0, optimizer=args.optimizer,
-                     workers=args.workers, device=args.device, seed=args.seed, project=args.project, name=args.name))
+                     workers=args.workers, device=args.device, seed=args.seed, project=args.project, name=args.name,
+                     exist_ok=args.exist_ok, trust_pickle=args.trust_pickle, strict=args.strict))
 
 def _calibrate(args):
     from kltn_qat.quantization.calibration import calibrate_checkpoint
     print(calibrate_checkpoint(args.weights, args.data, args.out, n_images=args.n_images, imgsz=args.imgsz,
-                               qconfig=args.qconfig, batch=args.batch, method=args.method, device=args.device or None))
+                               qconfig=args.qconfig, batch=args.batch, method=args.method, device=args.device or None,
+                               split=args.split, trust_pickle=args.trust_pickle, strict=args.strict))
 
 def _train_qat(args):
     from kltn_qat.training import train_qat
     from kltn_qat.config import load_config
-    cfg = load_config(args.config, {'qat': {k: v for k, v in (('epochs', args.epochs), ('batch', args.batch)) if v is not None}})
+    cfg = load_config(args.config, {'qat': {k: v for k, v in (('epochs', args.epochs), ('batch', args.batch), ('lr', args.lr)) if v is not None}})
     res = train_qat(args.data, args.weights, qconfig=cfg.qconfig, qat=cfg.qat, imgsz=args.imgsz or cfg.model.imgsz,
-                    calib_images=cfg.calibration.n_images, calib_batch=cfg.calibration.batch, fp32_lr0=cfg.fp32.lr0,
-                    fp32_optimizer=cfg.fp32.optimizer,
-                    device=args.device, seed=cfg.seed, project=args.project, name=args.name, resume=args.resume)
+                    calib_images=cfg.calibration.n_images, calib_batch=cfg.calibration.batch, calib_method=cfg.calibration.method,
+                    device=args.device, seed=cfg.seed, project=args.project, name=args.name, exist_ok=args.exist_ok,
+                    resume=args.resume, ptq=args.ptq, trust_pickle=args.trust_pickle or cfg.model.trust_pickle, strict=args.strict)
     if int(os.environ.get('RANK', 0)) == 0: print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))   # once under torchrun
 
 def _export(args):
@@ -71,7 +73,9 @@ def _benchmark_train(args):
     qat = prepare_qat(fp32, args.qconfig)
     set_quant_state(qat, observers=True, fake_quant=True)        # QAT before the observer freeze: ranges updated every step
     frozen = copy.deepcopy(qat)
-    with torch.no_grad(): frozen.eval()(torch.rand(2, 3, args.imgsz, args.imgsz))
+    from kltn_qat.quantization.fake_quantize import observing
+    frozen.eval()
+    with torch.no_grad(), observing(frozen): frozen(torch.rand(2, 3, args.imgsz, args.imgsz))
     set_quant_state(frozen, observers=False)                       # ... and after it: fixed ranges
     df = benchmark_train_step({'fp32': fp32, 'qat': qat, 'qat_observers_frozen': frozen}, imgsz=args.imgsz, batch=args.batch,
                               steps=args.steps, device=args.device)
@@ -115,6 +119,10 @@ def _analyze_sensitivity(args):
     print(df.head(max(args.top_k, 10)).to_string(float_format=lambda v: f"{v:.2f}"))
     print(f"\ncritical-layer qconfig: {args.out}")
 
+def _explain(args):
+    from kltn_qat.training import explain
+    explain(args.config, weights=args.weights, imgsz=args.imgsz, out=args.out, trust_pickle=args.trust_pickle)
+
 def _report(args):
     from kltn_qat.pipeline import results_markdown
     print(results_markdown(args.metrics_json))
@@ -134,6 +142,12 @@ def _docs_readme(args):
 def _add_common(s, data=True, device=True):
     if data: s.add_argument('--data', required=True, help='a data.yaml (Ultralytics or Roboflow layout)')
     if device: s.add_argument('--device', default='', help="'cpu', '0', 'cuda:1'; default: CUDA if present")
+
+def _add_safety(s, strict=True, exist_ok=False):
+    s.add_argument('--trust-pickle', action='store_true',
+                   help='unpickle the model file fully (runs code inside it: only for a file you trust); default: safe loading')
+    if strict: s.add_argument('--strict', action='store_true', help='refuse a dataset with any broken image or label')
+    if exist_ok: s.add_argument('--exist-ok', action='store_true', help='write into PROJECT/NAME even if it exists (default: NAME2, NAME3, ...)')
 
 def build_parser()->argparse.ArgumentParser:
     "The argument parser of `kltn-qat` with all its subcommands."
@@ -156,25 +170,32 @@ def build_parser()->argparse.ArgumentParser:
 
     s = sub.add_parser('train-fp32', help='train the FP32 baseline with Ultralytics')
     _add_common(s); s.add_argument('--model', default='yolov8n.yaml', help='a model yaml (from scratch) or a local .pt')
-    s.add_argument('--imgsz', type=int, default=256); s.add_argument('--epochs', type=int, default=10)
+    s.add_argument('--imgsz', type=int, default=640); s.add_argument('--epochs', type=int, default=10)
     s.add_argument('--batch', type=int, default=8); s.add_argument('--lr0', type=float, default=0.002)
     s.add_argument('--optimizer', default='AdamW')
     s.add_argument('--workers', type=int, default=0); s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--project', default='runs'); s.add_argument('--name', default='fp32'); s.set_defaults(func=_train_fp32)
+    s.add_argument('--project', default='runs'); s.add_argument('--name', default='fp32'); _add_safety(s, exist_ok=True)
+    s.set_defaults(func=_train_fp32)
 
     s = sub.add_parser('calibrate', help='PTQ: prepare + calibrate an FP32 model into a kltn_qat checkpoint')
     _add_common(s); s.add_argument('--weights', required=True, help='FP32 Ultralytics .pt')
     s.add_argument('--out', required=True, help='the kltn_qat checkpoint to write')
-    s.add_argument('--n-images', type=int, default=64); s.add_argument('--imgsz', type=int, default=640)
-    s.add_argument('--batch', type=int, default=8); s.add_argument('--qconfig', default='w8a8', help='preset name or YAML file')
-    s.add_argument('--method', default=None, help='activation observer: minmax, moving_average, percentile, mse, entropy')
+    s.add_argument('--n-images', type=int, default=64)
+    s.add_argument('--imgsz', type=int, default=None, help="default: the FP32 model's own training size (640 if it records none)")
+    s.add_argument('--batch', type=int, default=8)
+    s.add_argument('--qconfig', default=None, help='preset name or YAML file; default: the default policy (configs/quantization.yaml)')
+    s.add_argument('--method', default='minmax', help='activation observer while calibrating: minmax, moving_average, percentile, mse, entropy')
+    s.add_argument('--split', default='train', help='the data.yaml split to calibrate on'); _add_safety(s)
     s.set_defaults(func=_calibrate)
 
     s = sub.add_parser('train-qat', help='QAT fine-tuning from an FP32 .pt (calibrates first)')
     _add_common(s); s.add_argument('--weights', required=True, help='FP32 Ultralytics .pt')
     s.add_argument('--config', default=None, help='study config YAML (its qat:, qconfig:, calibration: sections)')
-    s.add_argument('--imgsz', type=int, default=None); s.add_argument('--epochs', type=int, default=None)
-    s.add_argument('--batch', type=int, default=None); s.add_argument('--project', default='runs'); s.add_argument('--name', default='qat')
+    s.add_argument('--imgsz', type=int, default=None, help="default: the config's, else the FP32 model's own training size")
+    s.add_argument('--epochs', type=int, default=None); s.add_argument('--batch', type=int, default=None)
+    s.add_argument('--lr', type=float, default=None, help="QAT learning rate; default: the FP32 run's final rate (see `kltn-qat explain`)")
+    s.add_argument('--ptq', default=None, help='start from this calibrated kltn_qat checkpoint instead of calibrating')
+    s.add_argument('--project', default='runs'); s.add_argument('--name', default='qat'); _add_safety(s, exist_ok=True)
     s.add_argument('--resume', action='store_true', help='continue the interrupted run PROJECT/NAME'); s.set_defaults(func=_train_qat)
 
     s = sub.add_parser('export', help='ONNX export: INT8 QDQ from a kltn_qat checkpoint, or FP32 (--fp32)')
@@ -182,19 +203,21 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--out', required=True); s.add_argument('--opset', type=int, default=17)
     s.add_argument('--imgsz', type=int, default=None); s.add_argument('--fp32', action='store_true', help='export the float model')
     s.add_argument('--inspect', action='store_true', help="print what onnxruntime runs after optimization (integer vs float convs)")
+    _add_safety(s, strict=False)
     s.set_defaults(func=_export)
 
     s = sub.add_parser('evaluate', help='mAP of a .pt (FP32 or kltn_qat) or .onnx model')
     _add_common(s, device=False); s.add_argument('--weights', required=True); s.add_argument('--split', default='test')
     s.add_argument('--imgsz', type=int, default=None); s.add_argument('--batch', type=int, default=8)
     s.add_argument('--device', default='cpu'); s.add_argument('--json', help='also write the metrics here')
+    _add_safety(s, strict=False)
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser('benchmark-train', help='time of one training step, QAT vs FP32, side by side')
     s.add_argument('--weights', default='yolov8n.yaml', help='FP32 .pt or a model yaml'); s.add_argument('--nc', type=int, default=None)
     s.add_argument('--qconfig', default='w8a8'); s.add_argument('--imgsz', type=int, default=320)
     s.add_argument('--batch', type=int, default=8); s.add_argument('--steps', type=int, default=10)
-    s.add_argument('--device', default='cpu'); s.add_argument('--json'); s.set_defaults(func=_benchmark_train)
+    s.add_argument('--device', default='cpu'); s.add_argument('--json'); _add_safety(s, strict=False); s.set_defaults(func=_benchmark_train)
 
     s = sub.add_parser('benchmark', help='latency / throughput / memory / size of ONNX models, side by side')
     s.add_argument('models', nargs='+', help='.onnx files; the first is the reference (FP32)')
@@ -219,13 +242,21 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--out', default='layer_error.csv'); s.add_argument('--plot', default=None)
     s.add_argument('--n-images', type=int, default=8); s.add_argument('--imgsz', type=int, default=None)
     s.add_argument('--qconfig', default=None); s.add_argument('--top', type=int, default=15); s.add_argument('--device', default='cpu')
+    _add_safety(s, strict=False)
     s.set_defaults(func=_analyze_error)
     s = d.add_parser('sensitivity', help='quantize one layer at a time; write the top-k as a critical-layer qconfig YAML')
     _add_common(s, device=False); s.add_argument('--weights', required=True, help='FP32 Ultralytics .pt')
     s.add_argument('--out', default='critical_layers.yaml'); s.add_argument('--top-k', type=int, default=3)
     s.add_argument('--n-images', type=int, default=16); s.add_argument('--imgsz', type=int, default=None)
     s.add_argument('--metric', default='sqnr', choices=['sqnr', 'map']); s.add_argument('--preset', default='int16', choices=['int16', 'float', 'w8a8'])
-    s.add_argument('--qconfig', default=None); s.add_argument('--device', default='cpu'); s.set_defaults(func=_analyze_sensitivity)
+    s.add_argument('--qconfig', default=None); s.add_argument('--device', default='cpu'); _add_safety(s, strict=False)
+    s.set_defaults(func=_analyze_sensitivity)
+
+    s = sub.add_parser('explain', help='what a config does to a model: the effective QAT recipe and every layer\'s quantization')
+    s.add_argument('--config', default=None, help='study config YAML (default: the defaults)')
+    s.add_argument('--weights', default=None, help="the FP32 .pt (default: the config's model.cfg)")
+    s.add_argument('--imgsz', type=int, default=None); s.add_argument('--out', default=None, help='also write explain.md and layers.csv into this folder')
+    _add_safety(s, strict=False); s.set_defaults(func=_explain)
 
     s = sub.add_parser('report', help="print a run's results table (Markdown) from its metrics.json")
     s.add_argument('metrics_json'); s.set_defaults(func=_report)
@@ -249,6 +280,7 @@ def main(argv:list[str]|None=None)->int:
         sub = {'data': 'data', 'docs': 'docs', 'analyze': 'analyze'}.get(args.command)
         p.parse_args([sub, '--help'] if sub else ['--help'])
         return 1
+    if getattr(args, 'trust_pickle', False): os.environ['KLTN_TRUST_PICKLE'] = '1'   # every loader in this process may unpickle
     try:
         args.func(args)
     except KltnError as e:

@@ -6,7 +6,7 @@ Docs: https://kltn-qat.github.io/kltn_qat/core.html.md"""
 
 # %% auto #0
 __all__ = ['KltnError', 'ConfigError', 'DataError', 'QuantError', 'CheckpointError', 'ultralytics_offline', 'set_seed',
-           'get_device', 'check_file', 'atomic_save']
+           'get_device', 'check_file', 'atomic_save', 'check_output', 'run_dir']
 
 # %% ../nbs/00_core.ipynb #a53a6ba7
 import os, random
@@ -75,9 +75,36 @@ def check_file(path:str|Path,     # a file the user named
 
 # %% ../nbs/00_core.ipynb #25b2f572
 def atomic_save(obj, path:str|Path):
-    "`torch.save` to a temporary file, then rename: a killed process never leaves half a file."
+    "`torch.save` to a temporary file, flushed to disk, then rename: a killed process or a power cut never leaves half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f); f.flush(); os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+# %% ../nbs/00_core.ipynb #f9e15c11
+def check_output(out:str|Path,       # the file about to be written
+                 *inputs:str|Path|None, # the files the command reads
+                 what:str='output',
+                )->Path:
+    "`out` as a `Path`; a `KltnError` before any work when it names one of `inputs` or its folder cannot be written."
+    o = Path(out).expanduser()
+    for i in inputs:
+        if i is None: continue
+        ip = Path(i).expanduser()
+        if ip.exists() and (o.exists() and o.resolve() == ip.resolve() or o.absolute() == ip.absolute()):
+            raise KltnError(f"{what} {o} is the input file {ip}: writing it would replace the input; choose another --out")
+    if o.is_dir(): raise KltnError(f"{what} {o} is a folder: give a file name")
+    parent = o.absolute().parent
+    while not parent.exists(): parent = parent.parent
+    if not os.access(parent, os.W_OK): raise KltnError(f"{what} {o}: folder {parent} is not writable; choose another --out")
+    return o
+
+def run_dir(project:str|Path, name:str, exist_ok:bool=False)->Path:
+    "The folder of a new run `project/name`: `name`, or `name2`, `name3`, ... when it exists (as Ultralytics names runs), unless `exist_ok`."
+    p = Path(project).expanduser().absolute() / name
+    if exist_ok or not p.exists(): return p
+    n = 2
+    while (p.parent / f"{name}{n}").exists(): n += 1
+    return p.parent / f"{name}{n}"

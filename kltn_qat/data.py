@@ -9,9 +9,9 @@ __all__ = ['CLASSES', 'RED', 'BLUE', 'YELLOW', 'WHITE', 'BLACK', 'SIGNS', 'CLASS
            'YAML_NAMES', 'IMG_FORMATS', 'QUICK_TRAIN', 'sign_no_entry', 'sign_no_parking_stopping', 'sign_no_turning',
            'sign_max_speed', 'sign_other_prohibition', 'sign_warning', 'sign_mandatory', 'sign_sheet',
            'street_background', 'draw_distractor', 'render_sign', 'synth_frame', 'draw_labels', 'synth_dataset',
-           'load_data_yaml', 'split_images', 'label_path', 'read_labels', 'check_image', 'DatasetReport',
-           'check_dataset', 'prepare_data_yaml', 'print_report', 'plot_class_balance', 'plot_box_sizes',
-           'show_examples', 'plot_dataset']
+           'load_data_yaml', 'split_images', 'label_path', 'image_files', 'read_labels', 'check_image', 'read_image',
+           'DatasetReport', 'check_dataset', 'data_summary', 'check_before_use', 'prepare_data_yaml', 'print_report',
+           'plot_class_balance', 'plot_box_sizes', 'show_examples', 'plot_dataset']
 
 # %% ../nbs/10_data.ipynb #401d402e
 import math, re
@@ -541,6 +541,15 @@ def load_data_yaml(path:str|Path, # a data.yaml / dataset.yaml, or the folder ho
 # %% ../nbs/10_data.ipynb #29b83b04
 IMG_FORMATS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp', '.mpo', '.dng', '.heic', '.heif', '.avif', '.jp2')
 
+def _txt_images(src:Path)->list[Path]:
+    "The images a `.txt` list names, one a line; relative lines are relative to the list's folder."
+    try: text = src.read_text(encoding='utf-8-sig')
+    except (UnicodeDecodeError, OSError) as e: raise DataError(f"{src}: cannot read the image list ({type(e).__name__}): give a text file, one image path a line") from None
+    out = []
+    for line in text.splitlines():
+        if line.strip(): f = Path(line.strip()).expanduser(); out.append(f if f.is_absolute() else (src.parent/f).resolve())
+    return out
+
 def split_images(data:dict,      # a dataset from `load_data_yaml`
                  split:str='train', # 'train', 'val' or 'test'
                 )->list[Path]:
@@ -548,9 +557,7 @@ def split_images(data:dict,      # a dataset from `load_data_yaml`
     files = []
     for src in data[split]:
         if src.is_dir(): files += [f for f in src.rglob('*') if f.suffix.lower() in IMG_FORMATS and f.is_file()]
-        else:
-            for line in src.read_text().splitlines():
-                if line.strip(): f = Path(line.strip()); files.append(f if f.is_absolute() else (src.parent/f).resolve())
+        else: files += _txt_images(src)
     return sorted(files)
 
 def label_path(img:str|Path)->Path:
@@ -559,6 +566,30 @@ def label_path(img:str|Path)->Path:
     for i in range(len(parts)-2, -1, -1):
         if parts[i] == 'images': parts[i] = 'labels'; break
     return Path(*parts).with_suffix('.txt')
+
+# %% ../nbs/10_data.ipynb #4452891b
+_SPLIT_KEYS = {'train': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val', 'test': 'test'}
+
+def image_files(source:str|Path|list, # a folder (recursive), a data.yaml (or its folder), a .txt list, one image, or a list of these
+                split:str='train',     # the split of a data.yaml: 'train', 'val' ('valid') or 'test'
+               )->list[Path]:
+    "The image files `source` names, sorted within each source; a `DataError` naming it when it has none."
+    if isinstance(source, (list, tuple)):
+        if not source: raise DataError("no image source given: name a folder, a data.yaml, a .txt list or image files")
+        return [f for s in source for f in image_files(s, split)]
+    p = Path(source).expanduser()
+    if not p.exists(): raise DataError(f"image source not found: {p} (give a folder of images, a data.yaml, a .txt list or an image)")
+    if p.suffix.lower() in ('.yaml', '.yml') or (p.is_dir() and any((p/n).is_file() for n in YAML_NAMES)):
+        d = load_data_yaml(p); key = _SPLIT_KEYS.get(split)
+        if key is None: raise DataError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if not d[key]: raise DataError(f"{d['yaml']} has no {key}: split; its splits: {', '.join(k for k in ('train', 'val', 'test') if d[k])}")
+        files, where = split_images(d, key), f"the {key} split of {d['yaml']}"
+    elif p.is_dir(): files, where = sorted(f for f in p.rglob('*') if f.suffix.lower() in IMG_FORMATS and f.is_file()), str(p)
+    elif p.suffix.lower() == '.txt': files, where = _txt_images(p), str(p)
+    elif p.suffix.lower() in IMG_FORMATS: return [p]
+    else: raise DataError(f"{p} is not an image ({', '.join(IMG_FORMATS[:7])}, ...), a folder, a .txt list or a data.yaml")
+    if not files: raise DataError(f"no images ({', '.join(IMG_FORMATS[:5])}, ...) in {where}")
+    return files
 
 # %% ../nbs/10_data.ipynb #544ff30b
 def read_labels(path:str|Path, # a YOLO label file
@@ -597,20 +628,55 @@ def _isfloat(x):
     except ValueError: return False
 
 # %% ../nbs/10_data.ipynb #39756325
+_END_MARKERS = {'JPEG': b'\xff\xd9', 'MPO': b'\xff\xd9', 'PNG': b'IEND\xaeB`\x82'}
+
+def _ends_well(path:str|Path, fmt:str|None)->bool:
+    "Whether a JPEG / PNG file ends with its end marker (FFD9 / IEND), padding aside; True for other formats."
+    end = _END_MARKERS.get(fmt)
+    if end is None: return True
+    with open(path, 'rb') as f:
+        f.seek(0, 2); f.seek(max(0, f.tell() - 64)); tail = f.read()
+    return tail.rstrip(b'\x00\r\n ').endswith(end)
+
 def check_image(path:str|Path, # an image file
-                decode:bool=True, # decode the pixels (catches truncated files); False: read the header only
+                decode:bool=True, # decode the pixels (catches corrupt files); False: the header and the end marker only
                )->tuple[tuple[int,int]|None, str|None]:
-    "`((width, height), None)` for a usable image, `(None, reason)` otherwise."
+    "`((width, height), None)` for a usable image, `(None, reason)` otherwise (truncated, corrupt, too small)."
+    old, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False   # a truncated file must fail
+    fmt, cut = None, False
     try:
         with Image.open(path) as im:
-            w, h = im.size
+            (w, h), fmt = im.size, im.format
+            cut = not _ends_well(path, fmt)
             if im.getexif().get(0x0112) in (5, 6, 7, 8): w, h = h, w        # EXIF rotation, as Ultralytics applies it
-            if decode:
-                if im.format == 'JPEG': im.draft('RGB', (max(1, w//8), max(1, h//8)))
+            if decode or cut:
+                if fmt == 'JPEG': im.draft('RGB', (max(1, w//8), max(1, h//8)))
                 im.load()
-    except Exception as e: return None, f'unreadable or corrupt image ({type(e).__name__}: {str(e)[:80]}): re-export or delete it'
+    except Exception as e:
+        if cut or 'truncated' in str(e):
+            mark = 'end-of-image marker FFD9' if fmt in ('JPEG', 'MPO') else 'IEND chunk' if fmt == 'PNG' else 'end'
+            return None, (f'truncated image: the {fmt} file stops before its {mark} ({str(e)[:60]}); OpenCV would '
+                          f'half-decode it: copy or download it again, or delete it')
+        return None, f'unreadable or corrupt image ({type(e).__name__}: {str(e)[:80]}): re-export or delete it'
+    finally: ImageFile.LOAD_TRUNCATED_IMAGES = old
     if w < 10 or h < 10: return None, f'image is {w}x{h} pixels; Ultralytics needs at least 10 on each side'
     return (w, h), None
+
+# %% ../nbs/10_data.ipynb #63245d34
+def read_image(path:str|Path, # an image file
+              )->np.ndarray:
+    "A BGR uint8 image (H, W, 3), as `cv2.imread` reads it; a `DataError` naming the file when it is missing, truncated or corrupt."
+    p = Path(path)
+    if not p.is_file(): raise DataError(f"image not found: {p}" if not p.exists() else f"{p} is a folder, not an image")
+    try:
+        with Image.open(p) as im: fmt = im.format
+    except Exception: fmt = None                       # not for Pillow: OpenCV decides below
+    if not _ends_well(p, fmt):
+        why = check_image(p)[1]                        # Pillow decodes it: data after the end marker is fine, truncation is not
+        if why: raise DataError(f"{p}: {why}")
+    im = cv2.imread(str(p))
+    if im is None: raise DataError(f"{p}: unreadable or corrupt image (OpenCV cannot decode it): re-export or delete it")
+    return im
 
 # %% ../nbs/10_data.ipynb #498aab7e
 @dataclass
@@ -623,6 +689,9 @@ class DatasetReport:
     image_sizes: dict = field(default_factory=dict)   # split -> Counter of (width, height)
     skipped: list = field(default_factory=list)       # (file[:line], reason): images left out
     warnings: list = field(default_factory=list)      # (file[:line], reason): usable, but look at it
+    files: dict = field(default_factory=dict)         # split -> the usable image files
+    unlabeled: dict = field(default_factory=dict)     # split -> usable images without a label file (counted as background)
+    dropped: dict = field(default_factory=dict)       # split -> [(image, file[:line], reason)]: the first problem of each image left out
 
     @property
     def names(self)->list: return self.data['names']
@@ -644,32 +713,36 @@ class DatasetReport:
         return dict(yaml=str(self.data['yaml']), names=self.names, images=self.images, background=self.background,
                     instances={s: self.instances(s) for s in self.boxes}, box_px=self.box_stats(),
                     image_sizes={s: {f'{w}x{h}': n for (w, h), n in c.most_common()} for s, c in self.image_sizes.items()},
-                    skipped=len(self.skipped), warnings=len(self.warnings), notes=self.data.get('notes', []))
+                    skipped=len(self.skipped), warnings=len(self.warnings), notes=self.data.get('notes', []),
+                    dropped={s: len(v) for s, v in self.dropped.items()}, unlabeled={s: len(v) for s, v in self.unlabeled.items()})
 
 # %% ../nbs/10_data.ipynb #97aa74c0
 def check_dataset(data:str|Path|dict,  # a data.yaml, its folder, or a dataset from `load_data_yaml`
                   strict:bool=False,   # raise on the first bad image or label instead of skipping it
                   decode:bool=True,    # decode every image (slower; catches truncated files)
                   splits:tuple=('train', 'val', 'test'), # which splits to check
+                  labels:bool=True,    # read the labels; False: images only (calibration), label files are not opened
                  )->DatasetReport:
     "Check every image and label of a YOLO dataset; bad files are skipped and listed (or raise, with `strict`)."
     data = data if isinstance(data, dict) else load_data_yaml(data)
     r = DatasetReport(data)
     for split in splits:
         if not data.get(split): continue
-        files, rows, sizes, bg = split_images(data, split), [], Counter(), 0
+        files, rows, sizes, bg, ok, nolab, drop = split_images(data, split), [], Counter(), 0, [], [], []
         for f in files:
             wh, why = check_image(f, decode)
             lp = label_path(f)
-            if why is None and lp.exists(): b, errs, warns = read_labels(lp, data['nc'])
+            if why is None and labels and lp.exists(): b, errs, warns = read_labels(lp, data['nc'])
             else: b, errs, warns = np.zeros((0, 5)), ([(str(f), why)] if why else []), []
             r.warnings += warns
             if errs:
                 if strict: raise DataError(f"{errs[0][0]}: {errs[0][1]}")
-                r.skipped += [(w, f'{e} (image skipped)') for w, e in errs]; continue
-            sizes[wh] += 1; bg += len(b) == 0
+                r.skipped += [(w, f'{e} (image skipped)') for w, e in errs]; drop.append((f, *errs[0])); continue
+            sizes[wh] += 1; bg += len(b) == 0; ok.append(f)
+            if labels and not lp.exists(): nolab.append(f)
             rows.append(np.column_stack([b, b[:, 3]*wh[0], b[:, 4]*wh[1]]))
         r.images[split], r.background[split], r.image_sizes[split] = sum(sizes.values()), bg, sizes
+        r.files[split], r.unlabeled[split], r.dropped[split] = ok, nolab, drop
         r.boxes[split] = np.concatenate(rows) if rows else np.zeros((0, 7))
         lbl = {label_path(f) for f in files}; ldirs = {p.parent for p in lbl}
         orphans = [p for d in ldirs if d.is_dir() for p in d.glob('*.txt') if p not in lbl]
@@ -677,9 +750,62 @@ def check_dataset(data:str|Path|dict,  # a data.yaml, its folder, or a dataset f
         if not r.images[split]:
             src = ', '.join(map(str, data[split]))
             if split == 'test': r.warnings.append((src, 'the test split has no usable image')); continue
-            why = f': {len(files)} image files, all skipped (first: {r.skipped[-1][0]}: {r.skipped[-1][1]})' if files else \
+            why = f': {len(files)} image files, all skipped (first: {drop[0][1]}: {drop[0][2]})' if files else \
                   f': no image files ({", ".join(IMG_FORMATS[:5])}, ...) in it'
             raise DataError(f"the {split} split of {data['yaml']} has no usable image{why}")
+    return r
+
+# %% ../nbs/10_data.ipynb #3a87747b
+def _kind(where:str, why:str)->str:
+    "The kind of problem behind a skipped image, for the summary."
+    f, _, line = where.rpartition(':')
+    if Path(f if line.isdigit() else where).suffix == '.txt': return 'bad label file'
+    if why.startswith('truncated'): return 'truncated image'
+    if 'pixels' in why: return 'image too small'
+    return 'corrupt image'
+
+def _rel(f, root)->str:
+    try: return str(Path(f).relative_to(root))
+    except ValueError: return str(f)
+
+def data_summary(report:DatasetReport, # from `check_dataset`
+                 n_show:int=3,          # files shown for each kind of problem
+                )->str:
+    "A few lines: usable images per split, what was skipped and why (the first files), images counted as background for want of a label file."
+    root, sp = report.data['path'], list(report.images)
+    total = {s: report.images[s] + len(report.dropped.get(s, [])) for s in sp}
+    out = [f"dataset {report.data['yaml']}: " + ', '.join(f"{s} {report.images[s]} of {total[s]} images usable" for s in sp)]
+    for n in report.data.get('notes', []): out.append(f"  note: {n}")
+    for s in sp:
+        drop = report.dropped.get(s, [])
+        if not drop: continue
+        kinds = Counter(_kind(where, why) for _, where, why in drop)
+        out.append(f"  skipped {len(drop)} {s} images ({', '.join(f'{n} {k}' + 's'*(n > 1) for k, n in kinds.most_common())}), e.g.:")
+        out += [f"    {_rel(where, root)}: {why}" for _, where, why in drop[:n_show]]
+        if len(drop) > n_show: out.append(f"    ... and {len(drop) - n_show} more (`kltn-qat data check {report.data['yaml']}` lists them all)")
+    for s in sp:
+        nl = report.unlabeled.get(s, [])
+        if nl: out.append(f"  {len(nl)} {s} images have no label file and count as background (no signs): "
+                          f"{', '.join(_rel(f, root) for f in nl[:n_show])}{', ...' if len(nl) > n_show else ''}; "
+                          f"looked for {_rel(label_path(nl[0]), root)}: write an empty .txt for a true background image, else fix the labels")
+    if report.warnings: out.append(f"  {len(report.warnings)} warnings (duplicate or zero-size boxes, stray label files): `kltn-qat data check` lists them")
+    return '\n'.join(out)
+
+def check_before_use(data:str|Path|dict,  # a data.yaml, its folder, or a dataset from `load_data_yaml`
+                     splits:tuple=('train', 'val'), # the splits the work will read
+                     strict:bool=False,   # fail on any problem: a skipped image or label, an image without a label file
+                     labels:bool=True,    # the work reads labels (training); False: images only (calibration)
+                     log=print,           # where the one summary goes; None: nowhere
+                     decode:bool=True,    # decode every image (catches corrupt files; truncated ones are caught either way)
+                     n_show:int=3,        # files shown for each kind of problem
+                    )->DatasetReport:
+    "Check the splits a training or calibration run reads; log one summary; a `DataError` naming the file when a split has no usable image, or on any problem with `strict`."
+    r = check_dataset(data, strict=strict, decode=decode, splits=splits, labels=labels)
+    if strict:
+        for s, nl in r.unlabeled.items():
+            if nl: raise DataError(f"{nl[0]}: no label file {label_path(nl[0])} ({len(nl)} {s} images have none; strict): "
+                                   f"write an empty .txt for a background image, or fix the labels folder")
+    if log is not None: log(data_summary(r, n_show))
     return r
 
 # %% ../nbs/10_data.ipynb #8852a664
@@ -725,6 +851,7 @@ def print_report(report:DatasetReport, # from `check_dataset`
     p(f"{'':{w}}" + ''.join(f'{s:>8}' for s in sp))
     p(f"{'images':{w}}" + ''.join(f'{report.images[s]:>8}' for s in sp))
     p(f"{'  background':{w}}" + ''.join(f'{report.background[s]:>8}' for s in sp))
+    p(f"{'    no label file':{w}}" + ''.join(f'{len(report.unlabeled.get(s, [])):>8}' for s in sp))
     p(f"{'boxes':{w}}" + ''.join(f'{len(report.boxes[s]):>8}' for s in sp))
     for c, name in enumerate(report.names): p(f"  {c:>2} {name[:w-5]:{w-5}}" + ''.join(f'{report.instances(s)[c]:>8}' for s in sp))
     st = report.box_stats()

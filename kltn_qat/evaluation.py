@@ -6,7 +6,7 @@ Docs: https://kltn-qat.github.io/kltn_qat/evaluation.html.md"""
 
 # %% auto #0
 __all__ = ['COMPARE_COLS', 'model_kind', 'load_any', 'evaluate', 'PeakMemory', 'latency_torch', 'benchmark_train_step',
-           'file_size_mb', 'n_params', 'compare_models', 'plot_compare', 'plot_drift']
+           'file_size_mb', 'n_params', 'compare_models', 'plot_compare', 'baseline_verdict', 'plot_drift']
 
 # %% ../nbs/40_evaluation.ipynb #c3510a7b
 import copy, json, math, os, statistics, subprocess, sys, tempfile, threading, time, tracemalloc
@@ -20,19 +20,30 @@ import torch
 from torch import nn
 import matplotlib.pyplot as plt
 from ultralytics.models.yolo.detect import DetectionValidator
-from .core import KltnError, CheckpointError, check_file, get_device
+from .core import KltnError, CheckpointError, QuantError, check_file, get_device
 from .data import prepare_data_yaml, load_data_yaml
-from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32
+from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32, set_quant_state
+from .quantization.fake_quantize import quantizers
 
 # %% ../nbs/40_evaluation.ipynb #70fd2791
+def _check_onnx(p:Path):
+    "A `CheckpointError` naming `p` unless it parses as an ONNX model with a graph."
+    import onnx
+    try: m = onnx.load(str(p), load_external_data=False)
+    except Exception as e: m, why = None, type(e).__name__
+    else: why = None if len(m.graph.node) else 'the file holds no graph'
+    if why: raise CheckpointError(f"{p} is not a valid ONNX model ({why}): re-export it (kltn-qat export) or copy the file again")
+
 def model_kind(weights:str|Path|nn.Module)->str:
     "'module', 'onnx', 'kltn_qat' (a quantized checkpoint) or 'ultralytics' (an FP32 .pt); a clear error otherwise."
     if isinstance(weights, nn.Module): return 'module'
     p = check_file(weights, 'weights')
-    if p.suffix == '.onnx': return 'onnx'
+    if p.suffix == '.onnx': _check_onnx(p); return 'onnx'
     if p.suffix != '.pt': raise KltnError(f"{p}: expected a .pt (Ultralytics or kltn_qat) or an .onnx file")
     try: read_checkpoint(p); return 'kltn_qat'
-    except CheckpointError: return 'ultralytics'
+    except CheckpointError as e:
+        if 'is not a kltn_qat checkpoint' in str(e): return 'ultralytics'
+        raise                                          # a kltn_qat checkpoint, but damaged or too new: say so
 
 def load_any(weights:str|Path|nn.Module)->nn.Module|str:
     "An `nn.Module` for PyTorch weights (kltn_qat or Ultralytics), or the path of an ONNX file."
@@ -46,6 +57,16 @@ def load_any(weights:str|Path|nn.Module)->nn.Module|str:
 def _split_name(data:dict, split:str)->str:
     if split == 'test' and not data.get('test'): return 'val'
     return split
+
+def _check_calibrated(model:nn.Module, path:str|Path|None=None):
+    "A clear error when a fake quantizer that is switched on has no scale: the model was never calibrated."
+    for _, fq in quantizers(model): fq.sync_qparams()     # a model object may hold ranges not yet turned into scales
+    blind = [n for n, fq in quantizers(model) if int(fq.fake_quant_enabled) and not int(fq.calibrated)]
+    if not blind: return
+    what = f"{path} is not calibrated" if path is not None else "the model is not calibrated"
+    msg = (f"{what}: {len(blind)} quantizers with fake quantization on have no scale yet (e.g. '{blind[0]}'); evaluate never "
+           f"calibrates (it would fit the ranges to the images it scores): run `kltn-qat calibrate` first")
+    raise CheckpointError(msg) if path is not None else QuantError(msg + " (or `calibrate(model, images)` in Python)")
 
 def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, or a model
              data:str|Path,              # a data.yaml
@@ -67,7 +88,10 @@ def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, o
     work = Path(workdir or tempfile.mkdtemp(prefix='kltn_eval_'))
     yaml_path = prepare_data_yaml(ds, work)
     model = load_any(weights)
-    if isinstance(model, nn.Module): model = copy.deepcopy(model).float().eval()
+    if isinstance(model, nn.Module):
+        model = copy.deepcopy(model).float().eval()
+        _check_calibrated(model, weights if kind == 'kltn_qat' else None)
+        set_quant_state(model, observers=False)      # ranges move in training and calibration only, never here
     args = dict(model=model if isinstance(model, str) else None, data=str(yaml_path), split=split, imgsz=imgsz,
                 batch=batch, conf=conf, iou=iou, rect=False, plots=False, save_json=False, device=device,
                 half=False, verbose=False, project=str(work), name='val', exist_ok=True)
@@ -202,6 +226,21 @@ def plot_compare(df:pd.DataFrame, cols=('map50_95', 'latency_ms', 'size_mb'), fi
         ax.bar(df.index, df[c], color=[f'C{i}' for i in range(len(df))]); ax.set_title(c); ax.tick_params(axis='x', rotation=30)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/40_evaluation.ipynb #3e4c3f27
+def baseline_verdict(metrics:dict,       # the FP32 model's `evaluate` result, or a dict of models holding it under 'fp32'
+                     floor:float=0.05,   # the lowest FP32 mAP50-95 at which a quantization study means something
+                    )->str|None:
+    "`None` when the FP32 baseline scores at least `floor` mAP50-95; else a loud message that says so and what to do."
+    m = metrics['fp32'] if isinstance(metrics.get('fp32'), dict) else metrics
+    if 'map50_95' not in m: raise KltnError(f"baseline_verdict needs the FP32 model's metrics (a dict with map50_95); got keys {', '.join(sorted(map(str, m))[:8])}")
+    v = float('nan') if m['map50_95'] is None else float(m['map50_95'])
+    if v >= floor: return None
+    where = f" on {m['images']} {m['split']} images" if 'images' in m and 'split' in m else ''
+    got = f"was not measured{where}" if math.isnan(v) else f"scores mAP50-95 {v:.3f}{where}, below the floor of {floor:g}"
+    return (f"WARNING: the FP32 baseline {got}: it has not learned the task, so every PTQ / QAT / INT8 number compared with it "
+            f"is noise. Train it longer (fp32.epochs) or on more data, or bring your own trained model "
+            f"(model.cfg: path/to/best.pt with fp32.skip: true).")
 
 # %% ../nbs/40_evaluation.ipynb #2f4f72a6
 def plot_drift(drift:str|Path|pd.DataFrame, ax=None):

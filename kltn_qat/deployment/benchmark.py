@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 from ..core import KltnError, QuantError, DataError, check_file
-from .inference import make_session, session_options, letterbox, image_files, read_image, read_onnx_metadata, export_fp32
+from .inference import make_session, session_options, ort_session_options, load_onnx, qdq_types, letterbox, image_files, read_image, read_onnx_metadata
 
 # %% ../../nbs/52_benchmark.ipynb #753b4b28
 def _named(models)->list[tuple[str,Path]]:
@@ -42,7 +42,7 @@ def input_shape(path:str|Path, # an .onnx file
                 batch:int=1,
                )->tuple[int,int,int,int]:
     "The (batch, 3, h, w) input a model takes: its static shape, else `imgsz`, else its metadata's `imgsz`."
-    m = onnx.load(str(path), load_external_data=False)
+    m = load_onnx(path)
     init = {i.name for i in m.graph.initializer}
     inp = next(i for i in m.graph.input if i.name not in init)
     dims = [d.dim_value if d.HasField('dim_value') else None for d in inp.type.tensor_type.shape.dim]
@@ -62,13 +62,14 @@ def input_shape(path:str|Path, # an .onnx file
 # %% ../../nbs/52_benchmark.ipynb #a70a26f6
 _MEM_SCRIPT = r'''
 import json, sys, numpy as np, onnxruntime as ort
-path, threads, shape, runs = sys.argv[1], int(sys.argv[2]), tuple(json.loads(sys.argv[3])), int(sys.argv[4])
+path, threads, shape, runs, int8 = sys.argv[1], int(sys.argv[2]), tuple(json.loads(sys.argv[3])), int(sys.argv[4]), sys.argv[5] == '1'
 def kb():   # peak RSS of this process image (VmHWM; ru_maxrss would carry the parent's peak over fork + exec)
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])
 x = np.random.default_rng(0).random(shape, dtype=np.float32)
 base = kb()
 so = ort.SessionOptions(); so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
 so.log_severity_level = 3
+if int8: so.add_session_config_entry('session.qdqisint8allowed', '1')   # as ort_session_options does
 s = ort.InferenceSession(path, so, providers=['CPUExecutionProvider'])
 name = s.get_inputs()[0].name
 for _ in range(runs): s.run(None, {name: x})
@@ -77,7 +78,8 @@ print(json.dumps({'base_kb': base, 'peak_kb': kb()}))
 
 def peak_memory(path:str|Path, shape:tuple, threads:int=2, runs:int=3)->dict:
     "Peak RSS (MB) of a fresh Python process running `path` `runs` times, and the part the model added."
-    r = subprocess.run([sys.executable, '-c', _MEM_SCRIPT, str(path), str(threads), json.dumps(list(shape)), str(runs)],
+    r = subprocess.run([sys.executable, '-c', _MEM_SCRIPT, str(path), str(threads), json.dumps(list(shape)), str(runs),
+                        '1' if 'int8' in qdq_types(path)['activations'] else '0'],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0: raise KltnError(f"memory measurement of {path} failed: {r.stderr.strip().splitlines()[-1:]}")
     d = json.loads(r.stdout.strip().splitlines()[-1])
@@ -192,10 +194,10 @@ def op_profile(path:str|Path,          # an .onnx file
               )->pd.DataFrame:
     "Kernel time per run of each operator type in onnxruntime, largest first, with its share of the total."
     shape = input_shape(path, imgsz)
-    so = session_options(threads, spin=False)
+    so = ort_session_options(load_onnx(path), threads, spin=False)   # the options a deployed session needs (int8 activations)
     d = Path(tempfile.mkdtemp()); so.enable_profiling = True; so.profile_file_prefix = str(d / 'ort')
     try:
-        s = ort.InferenceSession(str(check_file(path, 'ONNX model')), so, providers=['CPUExecutionProvider'])
+        s = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
         feed = {s.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
         for _ in range(runs + 3): s.run(None, feed)
         events = json.loads(Path(s.end_profiling()).read_text())
@@ -222,7 +224,7 @@ def detect_prefix(model:onnx.ModelProto)->str:
 def head_nodes(model:onnx.ModelProto|str|Path, # an Ultralytics YOLO detector ONNX
               )->list[str]:
     "Names of the Detect layer's post-processing nodes: everything in it except the `cv2`/`cv3` conv branches."
-    if not isinstance(model, onnx.ModelProto): model = onnx.load(str(check_file(model, 'ONNX model')))
+    if not isinstance(model, onnx.ModelProto): model = load_onnx(model)
     p = detect_prefix(model)
     keep = tuple(p + b for b in ('cv2', 'cv3', 'one2one_cv2', 'one2one_cv3'))
     return [n.name for n in model.graph.node if n.name.startswith(p) and not n.name.startswith(keep)]
@@ -262,7 +264,7 @@ def ort_quantize_static(fp32_onnx:str|Path,     # the FP32 ONNX (e.g. from `expo
     "onnxruntime's own static PTQ of an FP32 ONNX: QDQ, uint8 activations, int8 (per-channel) weights."
     from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationMethod
     src = check_file(fp32_onnx, 'ONNX model'); out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(src))
+    model = load_onnx(src)
     shape = input_shape(src)
     exclude = list(nodes_to_exclude or []) + (head_nodes(model) if exclude_head else [])
     meta = list(model.metadata_props); del model

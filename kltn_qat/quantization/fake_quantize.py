@@ -6,10 +6,11 @@ Docs: https://kltn-qat.github.io/kltn_qat/fake_quantize.html.md"""
 
 # %% auto #0
 __all__ = ['FakeQuantize', 'lsq_grad_factor', 'LearnableFakeQuantize', 'freeze', 'freeze_quantizers', 'quantizers',
-           'enable_observers', 'enable_fake_quant']
+           'enable_observers', 'enable_fake_quant', 'observing']
 
 # %% ../../nbs/04_fake_quantize.ipynb #9a345be2
 import math, copy
+from contextlib import contextmanager
 
 # %% ../../nbs/04_fake_quantize.ipynb #86737fa8
 import torch
@@ -47,6 +48,11 @@ class FakeQuantize(nn.Module):
     def enable_fake_quant(self, on:bool=True): self.fake_quant_enabled.fill_(int(on)); return self
     def disable_fake_quant(self): return self.enable_fake_quant(False)
 
+    @property
+    def observing(self)->bool:
+        "True when a forward pass updates the range: training mode and observer switched on."
+        return self.training and bool(self.observer_enabled)
+
     def set_qparams(self, scale:Tensor, zero_point:Tensor):
         "Set the scale and zero point (resizing per-channel buffers) and mark the quantizer calibrated."
         scale, zero_point = scale.detach().to(self.scale.device), zero_point.detach().to(self.zero_point.device)
@@ -67,7 +73,8 @@ class FakeQuantize(nn.Module):
     def _check_ready(self):
         if not int(self.calibrated):
             where = f" '{self.layer_name}'" if self.layer_name else ''
-            raise QuantError(f"fake quantizer{where} has no scale yet: calibrate (run data with observers on) "
+            raise QuantError(f"fake quantizer{where} has no scale yet: calibrate (run data with observers on, in training "
+                             "mode or inside `with observing(model):`) "
                              "before enabling fake quantization")
 
     def _fake_quant(self, x:Tensor)->Tensor:
@@ -77,7 +84,7 @@ class FakeQuantize(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, s.qmin, s.qmax)
 
     def forward(self, x:Tensor)->Tensor:
-        if self.observer_enabled:
+        if self.observing:
             self.observer(x.detach()); self._stale = True
         if self.fake_quant_enabled:
             self.sync_qparams(); self._check_ready()
@@ -110,7 +117,8 @@ class LearnableFakeQuantize(FakeQuantize):
         super().__init__(observer, scheme)
         shape = (0,) if self.scheme.per_channel else (1,)
         self.learned_scale = nn.Parameter(torch.ones(shape))
-        self.learned_zero_point = nn.Parameter(torch.zeros(shape), requires_grad=learn_zero_point and not self.scheme.symmetric)
+        self.learn_zero_point = learn_zero_point and not self.scheme.symmetric
+        self.learned_zero_point = nn.Parameter(torch.zeros(shape), requires_grad=self.learn_zero_point)
         self.eps = eps
 
     def set_qparams(self, scale, zero_point):
@@ -121,14 +129,25 @@ class LearnableFakeQuantize(FakeQuantize):
                 self.learned_scale.data = s.clone(); self.learned_zero_point.data = z.clone()
             else: self.learned_scale.copy_(s); self.learned_zero_point.copy_(z)
 
+    def sync_qparams(self):
+        "As `FakeQuantize.sync_qparams`, then copy the learned scale and zero point into the exported buffers."
+        super().sync_qparams()
+        if not int(self.calibrated) or self.learned_scale.numel() != self.scale.numel(): return
+        s = self.scheme
+        with torch.no_grad():
+            self.scale.copy_(self.learned_scale.detach().clamp(min=self.eps).reshape(self.scale.shape))
+            zp = self.learned_zero_point.detach().clamp(s.qmin, s.qmax).round().to(torch.int32)
+            self.zero_point.copy_(zp.reshape(self.zero_point.shape))
+
     def forward(self, x:Tensor)->Tensor:
-        if self.observer_enabled:
+        if self.observing:
             self.observer(x.detach()); self._stale = True
         if not self.fake_quant_enabled: return x
         self.sync_qparams(); self._check_ready()
         s = self.scheme
         self.learned_scale.data.clamp_(min=self.eps)
-        zp = self.learned_zero_point.clamp(s.qmin, s.qmax)
+        zp = self.learned_zero_point if self.learn_zero_point else self.learned_zero_point.detach()  # a fixed zero point
+        zp = zp.clamp(s.qmin, s.qmax)                                        # stays fixed even if requires_grad is set
         dt = x.dtype; xf = x if dt == torch.float32 else x.float()
         if s.per_channel:
             ax = s.ch_axis % x.ndim
@@ -152,6 +171,7 @@ class LearnableFakeQuantize(FakeQuantize):
 # %% ../../nbs/04_fake_quantize.ipynb #71d30adf
 def freeze(fq:FakeQuantize)->FakeQuantize:
     "A fixed-qparams `FakeQuantize` equivalent to `fq` (observer off), e.g. to export a learned quantizer."
+    fq.sync_qparams()   # the current observer range, or the current learned values (LSQ)
     out = FakeQuantize(copy.deepcopy(fq.observer))
     out.to(fq.scale.device)
     if int(fq.calibrated): out.set_qparams(fq.scale.detach().clone(), fq.zero_point.detach().clone())
@@ -160,9 +180,15 @@ def freeze(fq:FakeQuantize)->FakeQuantize:
 
 def freeze_quantizers(model:nn.Module)->nn.Module:
     "Replace every `LearnableFakeQuantize` in `model` (in place) by its frozen `FakeQuantize`; returns `model`."
+    new = {}   # id(old) -> frozen
     for name, m in list(model.named_modules()):
         for cname, child in list(m.named_children()):
-            if isinstance(child, LearnableFakeQuantize): setattr(m, cname, freeze(child))
+            if isinstance(child, LearnableFakeQuantize):
+                if id(child) not in new: new[id(child)] = freeze(child)
+                setattr(m, cname, new[id(child)])
+    for m in model.modules():   # plain (non-child) references to a replaced quantizer follow it
+        for k, v in list(vars(m).items()):
+            if not k.startswith('_') and id(v) in new: m.__dict__[k] = new[id(v)]
     return model
 
 # %% ../../nbs/04_fake_quantize.ipynb #b658d8f2
@@ -181,3 +207,13 @@ def enable_fake_quant(model:nn.Module, on:bool=True, names=None)->int:
     qs = [m for n, m in quantizers(model) if names is None or n in names]
     for m in qs: m.enable_fake_quant(on)
     return len(qs)
+
+# %% ../../nbs/04_fake_quantize.ipynb #f04a6a68
+@contextmanager
+def observing(model:nn.Module):
+    "Context: every `FakeQuantize` of `model` in training mode (observers that are on update), the rest as it is; modes restored on exit."
+    saved = [(m, m.training) for _, fq in quantizers(model) for m in fq.modules()]
+    for m, _ in saved: m.training = True
+    try: yield model
+    finally:
+        for m, t in saved: m.training = t

@@ -18,7 +18,7 @@ from torch import nn, Tensor
 from ..core import QuantError
 from .schemes import QScheme, UINT8_ACT, sqnr
 from .observers import MinMaxObserver
-from .fake_quantize import FakeQuantize, quantizers, enable_observers, enable_fake_quant
+from .fake_quantize import FakeQuantize, quantizers, enable_observers, enable_fake_quant, observing
 from .qconfig import QConfig, QuantSpec, preset
 from .fusion import conv_bn_folded, fold_conv_bn, bn_factor, folded_bias
 
@@ -36,7 +36,7 @@ def fq_apply(fq:FakeQuantize|None, # quantizer whose current scale and zero poin
             )->Tensor:
     "Fake-quantize `x` with `fq`'s current qparams without observing `x` (for values already on `fq`'s grid)."
     if fq is None: return x
-    if not int(fq.observer_enabled): return fq(x)
+    if not fq.observing: return fq(x)
     fq.observer_enabled.fill_(0)
     try: return fq(x)
     finally: fq.observer_enabled.fill_(1)
@@ -181,7 +181,7 @@ class SharedQuant(nn.Module):
     def forward(self, x:Tensor)->Tensor:
         "Quantize a producer's output with the current qparams; keep it for the next `flush`."
         fq = self.fq
-        if not int(fq.observer_enabled): return fq(x)
+        if not fq.observing: return fq(x)   # evaluation mode or observer off: the range stays
         if int(fq.fake_quant_enabled) and not int(fq.calibrated):  # first pass with fake quant on: bootstrap
             fq.observer(x.detach()); fq.set_qparams(*fq.calculate_qparams())
         self._pending.append(x.detach())

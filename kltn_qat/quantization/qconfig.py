@@ -132,15 +132,32 @@ def preset(name:str, where:str='qconfig')->QConfig:
     return PRESETS[name]()
 
 # %% ../../nbs/05_qconfig.ipynb #97cefa70
+def _ancestry(name:str)->list[str]:
+    "`name` and the names of its ancestors: 'model.2.cv1' -> ['model.2.cv1', 'model.2', 'model']."
+    parts = name.split('.')
+    return ['.'.join(parts[:i]) for i in range(len(parts), 0, -1)]
+
 def _matches(pattern:str, name:str)->bool:
-    if pattern.startswith('re:'): return re.fullmatch(pattern[3:], name) is not None
-    return fnmatchcase(name, pattern)
+    "Whether `pattern` applies to the layer `name`: it matches the name or an ancestor's (`X.*` also matches `X`)."
+    names = _ancestry(name)
+    if pattern.startswith('re:'):
+        rx = re.compile(pattern[3:])
+        return any(rx.fullmatch(n) for n in names)
+    pats = (pattern, pattern[:-2]) if pattern.endswith('.*') else (pattern,)
+    return any(fnmatchcase(n, p) for n in names for p in pats)
 
 @dataclass
 class QConfigMap:
     "The QConfig of every layer: a default and `(pattern, QConfig)` overrides (last match wins)."
     default:QConfig=field(default_factory=lambda: preset('w8a8'))
     overrides:list=field(default_factory=list)  # [(pattern, QConfig)]
+
+    def source_for(self, name:str)->str:
+        "The override pattern that sets the QConfig of the layer `name` (the last matching one), or 'default'."
+        src = 'default'
+        for pat, _ in self.overrides:
+            if _matches(pat, name): src = pat
+        return src
 
     def qconfig_for(self, name:str)->QConfig:
         "The QConfig of the layer called `name`."
@@ -155,14 +172,18 @@ class QConfigMap:
         return self
 
     def check(self, names:list[str], what:str='the model'):
-        "Raise `ConfigError` for an override pattern that matches none of `names`."
+        "Raise `ConfigError` for an override pattern that applies to none of the layers `names`."
         names = list(names)
         for pat, _ in self.overrides:
             if not any(_matches(pat, n) for n in names):
-                close = difflib.get_close_matches(pat.rstrip('.*'), names, n=3, cutoff=0.5)
-                raise ConfigError(f"qconfig override pattern '{pat}' matches no layer of {what}"
-                                  + (f"; close names: {', '.join(close)}" if close else '')
-                                  + "; patterns are globs on module names such as 'model.0.conv' or 'model.22.*'")
+                key = pat[3:] if pat.startswith('re:') else pat
+                key = re.sub(r'(\.\*|\*)+$', '', key)
+                inside = [n for n in names if key.startswith(n + '.')]   # the pattern names a part of a layer
+                close = list(dict.fromkeys(inside[-1:] + difflib.get_close_matches(key, names, n=3, cutoff=0.5)))[:3] or names[:3]
+                raise ConfigError(f"qconfig override pattern '{pat}' applies to no layer of {what}"
+                                  + (f"; closest layer names: {', '.join(close)}" if close else '')
+                                  + "; a pattern names a layer such as 'model.0' or 'model.22.cv3' and applies to it "
+                                    "and everything inside it")
 
     def to_dict(self)->dict:
         return {'default': self.default.to_dict(),

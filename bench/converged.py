@@ -1,0 +1,78 @@
+"""QAT of a converged model trained elsewhere, with kltn_qat's defaults (issue 13's proof), in one run.
+
+    python bench/converged.py                          # bench/models/quick_converged_yolov8n.pt, 3 seeds, full and 64-image train sets
+    python bench/converged.py --seeds 0 --epochs 1     # a quicker look
+    python bench/converged.py --results converged      # also copy the table to bench/results/converged.{json,md}
+
+The model's own training settings decide the QAT recipe (`qat_recipe`: its image size, optimizer and final learning
+rate); nothing here sets a learning rate. Rows, all scored on the test split that nothing was tuned on:
+FP32 (.pt), PTQ (fake-quant .pt and its INT8 ONNX), and per seed and training-set size the QAT result (`qat_best.pt`,
+the best of PTQ and the QAT epochs on the validation split, and its INT8 ONNX). Exit status 1 when a QAT row falls
+below PTQ or more than 0.3 mAP50-95 points below FP32 (the never-worse guarantee), 0 otherwise.
+"""
+import argparse, json, os, shutil, statistics, sys, time
+from pathlib import Path
+
+os.environ.setdefault('YOLO_OFFLINE', '1'); os.environ.setdefault('YOLO_AUTOINSTALL', 'false'); os.environ.setdefault('YOLO_VERBOSE', 'false')
+BENCH = Path(__file__).resolve().parent
+
+def subset_yaml(data:Path, n:int, out:Path)->Path:
+    "A copy of `data` whose train split lists only its first `n` training images."
+    from kltn_qat.data import load_data_yaml, image_files
+    import yaml
+    imgs = image_files(data, 'train')[:n]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'train.txt').write_text(''.join(f"{p.absolute()}\n" for p in imgs))
+    d = load_data_yaml(data)
+    y = {'train': str(out / 'train.txt'), 'val': [str(p) for p in d['val']], 'test': [str(p) for p in d['test']],
+         'nc': d['nc'], 'names': d['names']}
+    (out / 'data.yaml').write_text(yaml.safe_dump(y)); return out / 'data.yaml'
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--model', default=str(BENCH / 'models' / 'quick_converged_yolov8n.pt'))
+    ap.add_argument('--data', default=None, help='data.yaml (default: the synthetic set the model was trained on, regenerated)')
+    ap.add_argument('--out', default='runs/converged'); ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    ap.add_argument('--subsets', type=int, nargs='+', default=[0, 64], help='training images (0: the whole train split)')
+    ap.add_argument('--epochs', type=int, default=2); ap.add_argument('--results', default=None)
+    a = ap.parse_args(argv)
+    from kltn_qat.data import synth_dataset
+    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    from kltn_qat.training import train_qat
+    from kltn_qat.evaluation import evaluate
+    from kltn_qat.deployment.export import export_onnx
+    out = Path(a.out).absolute(); out.mkdir(parents=True, exist_ok=True)
+    data = Path(a.data) if a.data else synth_dataset(out / 'data', train=400, valid=100, test=100, seed=3, preset='quick', overwrite=True)
+    score = lambda w, name: evaluate(w, data, 'test', batch=1 if str(w).endswith('.onnx') else 16, device='cpu', workdir=out / 'eval' / name)
+    rows, t0 = {}, time.time()
+    rows['fp32'] = score(a.model, 'fp32')
+    ptq = calibrate_checkpoint(a.model, data, out / 'ptq.pt')
+    rows['ptq'] = score(ptq, 'ptq'); rows['ptq_onnx_int8'] = score(export_onnx(ptq, out / 'ptq_int8.onnx'), 'ptq_onnx')
+    for n in a.subsets:
+        d = subset_yaml(data, n, out / f'data_{n}') if n else data
+        for s in a.seeds:
+            k = f"qat_{n or 'all'}_seed{s}"
+            r = train_qat(d, a.model, qat={'epochs': a.epochs}, seed=s, project=out, name=k, exist_ok=True, ptq=ptq)
+            rows[k] = {**score(r['qat'], k), 'selected': r['selected']}
+            rows[k + '_onnx_int8'] = score(export_onnx(r['qat'], out / f'{k}_int8.onnx'), k + '_onnx')
+    fp, pq = rows['fp32']['map50_95'], rows['ptq']['map50_95']
+    lines = [f"Converged-model study: {Path(a.model).name}, {a.epochs} QAT epochs with the defaults, test split "
+             f"({rows['fp32']['images']} images, {rows['fp32']['imgsz']} px); {time.time() - t0:.0f} s.", '',
+             '| model | mAP50 | mAP50-95 | vs PTQ (pts) | vs FP32 (pts) | kept |', '|---|---|---|---|---|---|']
+    bad = []
+    for k, r in rows.items():
+        dp, df = 100 * (r['map50_95'] - pq), 100 * (r['map50_95'] - fp)
+        lines.append(f"| {k} | {r['map50']:.3f} | {r['map50_95']:.3f} | {dp:+.2f} | {df:+.2f} | {r.get('selected', '')} |")
+        if k.startswith('qat_') and (dp < -1e-9 or df < -0.3): bad.append(k)
+    for n in a.subsets:
+        v = [rows[f"qat_{n or 'all'}_seed{s}"]['map50_95'] for s in a.seeds]
+        lines.append(f"\nQAT ({n or 'all'} training images), mAP50-95 over seeds {a.seeds}: {statistics.mean(v):.4f}"
+                     + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ''))
+    md = '\n'.join(lines); print(md)
+    (out / 'converged.md').write_text(md + '\n'); (out / 'converged.json').write_text(json.dumps(rows, indent=1, default=str))
+    if a.results:
+        for ext in ('md', 'json'): shutil.copy(out / f'converged.{ext}', BENCH / 'results' / f'{a.results}.{ext}')
+    if bad: print(f"below PTQ or FP32 - 0.3: {bad}", file=sys.stderr); return 1
+    return 0
+
+if __name__ == '__main__': sys.exit(main())
