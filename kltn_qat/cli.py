@@ -55,7 +55,7 @@ def _train_qat(args):
 
 def _export(args):
     from kltn_qat.deployment.export import export_onnx, inspect_ort_graph
-    p = export_onnx(args.weights, args.out, opset=args.opset, int8=not args.fp32, imgsz=args.imgsz)
+    p = export_onnx(args.weights, args.out, opset=args.opset, int8=not args.fp32, imgsz=args.imgsz, act_dtype=args.act_dtype, int4=not args.no_int4)
     print(p)
     if args.inspect: print(json.dumps(inspect_ort_graph(p), indent=1, default=str))
 
@@ -200,7 +200,11 @@ def build_parser()->argparse.ArgumentParser:
 
     s = sub.add_parser('export', help='ONNX export: INT8 QDQ from a kltn_qat checkpoint, or FP32 (--fp32)')
     s.add_argument('--weights', required=True, help='kltn_qat checkpoint (PTQ or QAT); with --fp32 also an Ultralytics .pt')
-    s.add_argument('--out', required=True); s.add_argument('--opset', type=int, default=17)
+    s.add_argument('--out', required=True)
+    s.add_argument('--opset', type=int, default=None, help='ONNX opset; default: 17, or 21 when 4-bit weights are stored as INT4')
+    s.add_argument('--act-dtype', default='auto', choices=['auto', 'uint8', 'int8'],
+                   help="ONNX type of 8-bit activations (uint8: onnxruntime's fast U8S8 kernels; symmetric int8 is written exactly as uint8)")
+    s.add_argument('--no-int4', action='store_true', help='store weights of <= 4 bits as int8 (any opset) instead of INT4 (opset 21)')
     s.add_argument('--imgsz', type=int, default=None); s.add_argument('--fp32', action='store_true', help='export the float model')
     s.add_argument('--inspect', action='store_true', help="print what onnxruntime runs after optimization (integer vs float convs)")
     _add_safety(s, strict=False)

@@ -86,7 +86,9 @@ class QATConfig:
 @dataclass
 class ExportConfig:
     "ONNX export."
-    opset:int=17
+    opset:int|None=None       # None: 17, or 21 when 4-bit weights are stored as INT4 (FP32: Ultralytics' choice)
+    act_dtype:str='auto'      # ONNX type of 8-bit activations: 'auto' (the model's own), 'uint8' or 'int8'
+    int4:bool=True            # store weights of <= 4 bits as INT4 (opset 21): a smaller file, computed in float by onnxruntime
 
 @dataclass
 class BenchmarkConfig:

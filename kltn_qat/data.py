@@ -717,6 +717,9 @@ class DatasetReport:
                     dropped={s: len(v) for s, v in self.dropped.items()}, unlabeled={s: len(v) for s, v in self.unlabeled.items()})
 
 # %% ../nbs/10_data.ipynb #97aa74c0
+def _ends_exactly(path:Path, end:bytes)->bool:
+    with open(path, 'rb') as f: f.seek(0, 2); f.seek(max(0, f.tell() - len(end))); return f.read() == end
+
 def check_dataset(data:str|Path|dict,  # a data.yaml, its folder, or a dataset from `load_data_yaml`
                   strict:bool=False,   # raise on the first bad image or label instead of skipping it
                   decode:bool=True,    # decode every image (slower; catches truncated files)
@@ -735,6 +738,9 @@ def check_dataset(data:str|Path|dict,  # a data.yaml, its folder, or a dataset f
             if why is None and labels and lp.exists(): b, errs, warns = read_labels(lp, data['nc'])
             else: b, errs, warns = np.zeros((0, 5)), ([(str(f), why)] if why else []), []
             r.warnings += warns
+            if why is None and f.suffix.lower() in ('.jpg', '.jpeg') and not _ends_exactly(f, b'\xff\xd9'):
+                r.warnings.append((str(f), 'bytes after the JPEG end marker FFD9: Ultralytics re-encodes such a file in place when '
+                                           'it reads the dataset ("corrupt JPEG restored and saved"); keep a copy or re-save it'))
             if errs:
                 if strict: raise DataError(f"{errs[0][0]}: {errs[0][1]}")
                 r.skipped += [(w, f'{e} (image skipped)') for w, e in errs]; drop.append((f, *errs[0])); continue
@@ -788,7 +794,9 @@ def data_summary(report:DatasetReport, # from `check_dataset`
         if nl: out.append(f"  {len(nl)} {s} images have no label file and count as background (no signs): "
                           f"{', '.join(_rel(f, root) for f in nl[:n_show])}{', ...' if len(nl) > n_show else ''}; "
                           f"looked for {_rel(label_path(nl[0]), root)}: write an empty .txt for a true background image, else fix the labels")
-    if report.warnings: out.append(f"  {len(report.warnings)} warnings (duplicate or zero-size boxes, stray label files): `kltn-qat data check` lists them")
+    if report.warnings:
+        (w0, why0), n = report.warnings[0], len(report.warnings)
+        out.append(f"  {n} warning{'s' * (n > 1)} (usable, but look), e.g. {_rel(w0, root)}: {why0}" + (" (`kltn-qat data check` lists them all)" if n > 1 else ''))
     return '\n'.join(out)
 
 def check_before_use(data:str|Path|dict,  # a data.yaml, its folder, or a dataset from `load_data_yaml`

@@ -109,6 +109,8 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     from kltn_qat.models.yolov8_qat import fp32_train_args
     imgsz = cfg.model.imgsz or int(fp32_train_args(fp32['weights'], trust=cfg.model.trust_pickle).get('imgsz') or 640)
     log(f"image size {imgsz} px" + ('' if cfg.model.imgsz else " (the FP32 model's own)"))
+    from kltn_qat.training import explain
+    explain(cfg, weights=fp32['weights'], imgsz=imgsz, out=out, trust_pickle=cfg.model.trust_pickle, log=log)   # explain.md, layers.csv
 
     # PTQ
     def _ptq():
@@ -149,8 +151,8 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
         (out / 'onnx').mkdir(exist_ok=True)
         e = cfg.export
         r = {'fp32_onnx': str(export_fp32(fp32['weights'], out / 'onnx' / 'fp32.onnx', imgsz=imgsz, opset=e.opset)),
-             'qat_onnx_int8': str(export_onnx(qat['qat'], out / 'onnx' / 'qat_int8.onnx', opset=e.opset, imgsz=imgsz)),
-             'ptq_onnx_int8': str(export_onnx(ptq['weights'], out / 'onnx' / 'ptq_int8.onnx', opset=e.opset, imgsz=imgsz))}
+             'qat_onnx_int8': str(export_onnx(qat['qat'], out / 'onnx' / 'qat_int8.onnx', opset=e.opset, imgsz=imgsz, act_dtype=e.act_dtype, int4=e.int4)),
+             'ptq_onnx_int8': str(export_onnx(ptq['weights'], out / 'onnx' / 'ptq_int8.onnx', opset=e.opset, imgsz=imgsz, act_dtype=e.act_dtype, int4=e.int4))}
         return r
     k_exp = {**k_qat, 'export': c['export']}
     onx = st.run('export', k_exp, _export, lambda r: list(r.values()))

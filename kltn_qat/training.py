@@ -19,6 +19,7 @@ from unittest.mock import patch
 
 # %% ../nbs/30_training.ipynb #fe653c70
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -36,7 +37,7 @@ from .data import prepare_data_yaml, check_before_use
 from .quantization.fake_quantize import FakeQuantize, quantizers
 from .quantization.observers import MovingAverageMinMaxObserver
 from .models.yolov8_qat import (prepare_qat, load_checkpoint, save_checkpoint, read_checkpoint, load_fp32, fp32_train_args,
-                                        quantizer_groups, set_quant_state, freeze_bn, layer_table)
+                                        quantizer_groups, set_quant_state, freeze_bn, layer_table, layer_summary)
 from .quantization.calibration import calibrate, calibration_batches
 
 # %% ../nbs/30_training.ipynb #cacb95d3
@@ -193,10 +194,9 @@ def explain(config:str|Path|Config|None=None, # a study config (YAML) or a Confi
              *recipe_lines(recipe), '```', '',
              f"## Calibration\n\n{c.n_images} `{c.split}` images at {recipe['imgsz'][0]} px, activation observer `{c.method}` "
              "while calibrating (the qconfig's observers are kept for QAT).", '',
-             f"## Layers\n\n{len(layers)} layers: " + ', '.join(f"{n} {k}" for k, n in layers['export'].value_counts().items()) + '.', '',
-             layers.to_string(index=False)]
+             f"## Layers\n\n{layer_summary(layers)}", '', layers.to_string(index=False)]
     text = '\n'.join(lines)
-    if log: log(text)
+    if log: log('\n'.join(lines[:-2]))   # the full per-layer table goes to the file
     if out is not None:
         o = Path(out); o.mkdir(parents=True, exist_ok=True)
         (o / 'explain.md').write_text(text + '\n'); layers.to_csv(o / 'layers.csv', index=False)
@@ -585,6 +585,10 @@ def train_qat(data:str|Path,                   # a data.yaml
                           method=calib_method)
                 cal = {'source': str(data), 'split': 'train', 'n_images': calib_images, 'method': calib_method,
                        'seconds': round(time.time() - t0, 1), 'weights': str(weights)}
+            layers = layer_table(qmodel)
+            log(layer_summary(layers))
+            layers.to_csv(out / 'layers.csv', index=False)
+            (out / 'recipe.txt').write_text('\n'.join(recipe_lines(recipe)) + '\n')
             ptq = save_checkpoint(qmodel, out / 'ptq.pt', imgsz=isz,
                                   extra={'qat': asdict(cfg), 'recipe': _plain(recipe), 'calibration': cal, 'trust_pickle': trust_pickle,
                                          'teacher': str(Path(weights).absolute()) if str(weights).endswith('.pt') else None})

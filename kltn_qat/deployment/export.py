@@ -311,7 +311,6 @@ def _check_out(out, source)->Path:
 def _as_ultralytics_model(model, nc:int|None=None)->nn.Module:
     "A float `DetectionModel` from a model, an Ultralytics `.pt` or a yaml (for `export_fp32`)."
     if isinstance(model, nn.Module): return model
-    from kltn_qat.models.yolov8_qat import load_fp32
     return load_fp32(model, nc=nc)
 
 @contextmanager
@@ -391,7 +390,7 @@ def export_onnx(source:str|Path|nn.Module,  # a kltn_qat checkpoint (PTQ or QAT)
     out = _check_out(out, source)
     model, info = _load(source, int8)
     name = f"{source}" if isinstance(source, (str, Path)) else 'the model'
-    imgsz = check_imgsz(imgsz if imgsz is not None else int(info.get('imgsz') or 640), int(max(model.stride)), name)
+    imgsz = check_imgsz(imgsz if imgsz is not None else int(info.get('imgsz') or 640), int(max(getattr(model, 'stride', [32]))), name)
     if not int8: return export_fp32(float_model(model), out, imgsz=imgsz, opset=opset, fast_dfl=fast_dfl)
     if getattr(model, 'qconfig_map', None) is None or not quantizers(model):
         raise QuantError("this model has no fake quantizers: prepare it with prepare_qat and calibrate it (or train it with QAT) "

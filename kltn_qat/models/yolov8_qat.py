@@ -7,8 +7,8 @@ Docs: https://kltn-qat.github.io/kltn_qat/yolov8_qat.html.md"""
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'TRUST_ENV', 'QBottleneck', 'QC2f', 'QSPPF', 'QUpsample', 'output_quantizer', 'as_qconfig_map',
            'check_detection_model', 'qconfig_layers', 'prepare_qat', 'set_quant_state', 'freeze_bn', 'raw_head',
-           'quantizer_groups', 'swap_table', 'default_qconfig', 'layer_table', 'save_checkpoint', 'read_checkpoint',
-           'load_checkpoint', 'safe_torch_load', 'fp32_train_args', 'load_fp32']
+           'quantizer_groups', 'swap_table', 'default_qconfig', 'layer_table', 'layer_summary', 'save_checkpoint',
+           'read_checkpoint', 'load_checkpoint', 'safe_torch_load', 'fp32_train_args', 'load_fp32']
 
 # %% ../../nbs/20_yolov8_qat.ipynb #d3e2d2de
 import copy, re, os, sys, pickle, zipfile, dataclasses
@@ -388,6 +388,15 @@ def layer_table(model:DetectionModel, # a model prepared with `prepare_qat` (cal
                      'activation': _qtype(aq), 'a_observer': _obs_str(aq) if aq is not None else '-',
                      'export': export, 'why': why, 'override': src})
     return pd.DataFrame(rows)
+
+# %% ../../nbs/20_yolov8_qat.ipynb #66d0d40f
+def layer_summary(layers:pd.DataFrame)->str:
+    "One paragraph on a `layer_table`: how many layers run integer / float at export, and every exception with its reason and source."
+    counts = ', '.join(f"{n} {k}" for k, n in layers['export'].value_counts().items())
+    odd = layers[(layers['export'] != 'integer') | (layers['override'] != 'default')]
+    rows = [f"  {r.layer:<20} w {r.weight:<6} a {r.activation:<6} {r.export:<8} {r.why or ''}"
+            + (f" [override {r.override}]" if r.override not in ('default', '-') else '') for r in odd.itertuples()]
+    return f"{len(layers)} convolutions: {counts}. Exceptions to the default:\n" + '\n'.join(rows)
 
 # %% ../../nbs/20_yolov8_qat.ipynb #d47aa867
 FORMAT, VERSION = 'kltn_qat', 1

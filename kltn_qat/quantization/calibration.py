@@ -29,7 +29,7 @@ from ..data import check_before_use, image_files, read_image
 from .qconfig import QConfigMap, QConfig, QuantSpec
 from .qat_modules import FixedQuant
 from ..models.yolov8_qat import (prepare_qat, load_fp32, save_checkpoint, set_quant_state, raw_head,
-                                        as_qconfig_map, default_qconfig, fp32_train_args)
+                                        as_qconfig_map, default_qconfig, fp32_train_args, layer_table, layer_summary)
 
 # %% ../../nbs/21_calibration.ipynb #00ea492f
 def load_image(path:str|Path, imgsz:int=640)->Tensor:
@@ -175,6 +175,7 @@ def calibrate_checkpoint(weights:str|Path,             # Ultralytics .pt (or a m
     files = image_files(data_or_images, split)[:n_images]
     if not files: raise DataError(f"no images found in {data_or_images}")
     model = prepare_qat(load_fp32(weights, nc=nc, trust=trust_pickle), qmap, inplace=True)
+    log(layer_summary(layer_table(model)))
     log(f"calibrating on {len(files)} {split} images at {imgsz} px, activation observer '{method or 'the qconfig’s'}'")
     t0 = time.time()
     calibrate(model, files, method=method, imgsz=imgsz, batch=batch, device=device)
