@@ -6,7 +6,7 @@ Docs: https://kltn-qat.github.io/kltn_qat/core.html.md"""
 
 # %% auto #0
 __all__ = ['KltnError', 'ConfigError', 'DataError', 'QuantError', 'CheckpointError', 'ultralytics_offline', 'set_seed',
-           'get_device', 'check_file', 'atomic_save', 'check_output', 'run_dir']
+           'pin_torch_threads', 'get_device', 'check_file', 'atomic_save', 'check_output', 'run_dir']
 
 # %% ../nbs/00_core.ipynb #a53a6ba7
 import os, random
@@ -51,6 +51,21 @@ def set_seed(seed:int=0,              # seed for python, numpy and torch (CPU an
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+# %% ../nbs/00_core.ipynb #e4279fa6
+def pin_torch_threads(n:int|None=None, # threads; None: the environment variable KLTN_TORCH_THREADS
+                     )->int:
+    "Hold torch at `n` threads for this process, even when a library calls `torch.set_num_threads` later; returns `n`."
+    n = int(n if n is not None else os.environ['KLTN_TORCH_THREADS'])
+    if n < 1: raise KltnError(f"KLTN_TORCH_THREADS must be >= 1, got {n}")
+    original = getattr(torch.set_num_threads, '_kltn_original', torch.set_num_threads)
+    original(n)
+    def hold(_requested:int): original(n)
+    hold._kltn_original = original
+    torch.set_num_threads = hold
+    return n
+
+if os.environ.get('KLTN_TORCH_THREADS'): pin_torch_threads()
 
 # %% ../nbs/00_core.ipynb #2dfd4c26
 def get_device(device:str|torch.device|None=None, # 'cpu', 'cuda', 'cuda:1', or None for the best available

@@ -21,8 +21,9 @@ from torch import nn
 import matplotlib.pyplot as plt
 from ultralytics.models.yolo.detect import DetectionValidator
 from .core import KltnError, CheckpointError, QuantError, check_file, get_device
-from .data import prepare_data_yaml, load_data_yaml
-from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32, set_quant_state
+from .data import prepare_data_yaml, load_data_yaml, check_before_use
+from .deployment.inference import ultralytics_ort_sessions
+from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32, set_quant_state, fp32_train_args
 from .quantization.fake_quantize import quantizers
 
 # %% ../nbs/40_evaluation.ipynb #70fd2791
@@ -71,20 +72,22 @@ def _check_calibrated(model:nn.Module, path:str|Path|None=None):
 def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, or a model
              data:str|Path,              # a data.yaml
              split:str='test',           # 'test', or 'val' (test falls back to val when the dataset has none)
-             imgsz:int|None=None,        # default: the checkpoint's, else 640
+             imgsz:int|None=None,        # default: the checkpoint's (a kltn_qat one's, or an FP32 .pt's training size), else 640
              batch:int=8,                # ignored for ONNX models of fixed batch size
              conf:float=0.001, iou:float=0.7,
              device:str='cpu',
              workdir:str|Path|None=None, # where the validator may write (a temporary folder by default)
+             log=None,                   # where the dataset check's one-line summary goes (None: only problems are raised)
             )->dict:
     "mAP50, mAP50-95, precision, recall and per-class AP of a model on a split, with Ultralytics' validator."
     if split not in ('val', 'test', 'train'): raise KltnError(f"split must be 'val' or 'test', got '{split}'")
     info = {}
     kind = model_kind(weights)
     if kind == 'kltn_qat': info = read_checkpoint(weights)
-    if imgsz is None: imgsz = int(info.get('imgsz') or 640)
+    if imgsz is None: imgsz = int(info.get('imgsz') or (fp32_train_args(weights).get('imgsz') if kind == 'ultralytics' else None) or 640)
     ds = load_data_yaml(data)
     split = _split_name(ds, split)
+    check_before_use(ds, (split,), log=log)      # images Ultralytics' validator would drop without a word are named first
     work = Path(workdir or tempfile.mkdtemp(prefix='kltn_eval_'))
     yaml_path = prepare_data_yaml(ds, work)
     model = load_any(weights)
@@ -96,7 +99,8 @@ def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, o
                 batch=batch, conf=conf, iou=iou, rect=False, plots=False, save_json=False, device=device,
                 half=False, verbose=False, project=str(work), name='val', exist_ok=True)
     v = DetectionValidator(args=args)
-    stats = v(model=None if isinstance(model, str) else model)
+    with ultralytics_ort_sessions():             # int8-activation ONNX graphs run their integer kernels here too
+        stats = v(model=None if isinstance(model, str) else model)
     m = v.metrics
     names = m.names if hasattr(m, 'names') else {}
     per_class = {names.get(int(c), str(c)): float(m.box.ap[i]) for i, c in enumerate(m.box.ap_class_index)}

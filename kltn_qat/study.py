@@ -139,9 +139,10 @@ def summarize_study(runs:dict[str,list[dict]], # experiment -> its runs (`run_su
     return out
 
 # %% ../nbs/56_study.ipynb #5ba5ec87
-def _pm(s:dict, fmt:str='{:.3f}')->str:
+def _pm(s:dict, fmt:str='{:.3f}', std:bool=True)->str:
+    "`mean ± std` of a `mean_std` dict ('—' when nothing was measured; the mean alone for one value or `std=False`)."
     if s is None or s.get('mean') is None: return '—'
-    return fmt.format(s['mean']) + (f" ± {fmt.format(s['std'])}" if s.get('std') is not None else '')
+    return fmt.format(s['mean']) + (f" ± {fmt.replace('+', '').format(s['std'])}" if std and s.get('std') is not None else '')
 
 def _kept(sel:list)->str:
     c = {}
@@ -152,8 +153,8 @@ def study_table(summary:dict)->pd.DataFrame:
     "The study's summary as a table of formatted strings, one row per experiment."
     rows = {n: {'FP32 ONNX mAP50-95': _pm(s['fp32_map50_95']), 'PTQ INT8 mAP50-95': _pm(s['ptq_map50_95']),
                 'QAT INT8 mAP50-95': _pm(s['qat_map50_95']), 'QAT − PTQ (points)': _pm(s['qat_gain_pts'], '{:+.2f}'),
-                'INT8 / FP32 latency (QAT)': _pm(s['qat_latency_ratio'], '{:.2f}'), 'INT8 MB': _pm(s['int8_size_mb'], '{:.2f}'),
-                'FP32 MB': _pm(s['fp32_size_mb'], '{:.2f}'), 'image size': ', '.join(map(str, s['imgsz'])),
+                'INT8 / FP32 latency (QAT)': _pm(s['qat_latency_ratio'], '{:.2f}'), 'INT8 MB': _pm(s['int8_size_mb'], '{:.2f}', std=False),
+                'FP32 MB': _pm(s['fp32_size_mb'], '{:.2f}', std=False), 'image size': ', '.join(map(str, s['imgsz'])),
                 'QAT kept': _kept(s['qat_selected'])}
             for n, s in summary.items()}
     return pd.DataFrame.from_dict(rows, orient='index')
@@ -165,14 +166,15 @@ def study_markdown(study:dict)->str:
     lines = [f"# kltn_qat study: {', '.join(study['summary'])}", '']
     if warn: lines += [f"> **{warn}**", '']
     seeds = ', '.join(map(str, study['seeds']))
-    lines += [f"{len(study['seeds'])} seed(s) ({seeds}) per experiment, one FP32 model (`{Path(study['fp32']).name}`) and one "
+    lines += [f"{len(study['seeds'])} seed(s) ({seeds}) per experiment, one FP32 model (`{study['fp32']}`) and one "
               f"dataset (`{study['data']}`) for all. `a ± b`: mean ± sample standard deviation over the seeds, i.e. the spread "
               "of QAT for a fixed FP32 model and fixed data (PTQ does not depend on the seed). mAP50-95 of the ONNX files "
               f"through onnxruntime on the test split; latency: INT8 / FP32 ONNX in the same benchmark run, "
               f"{study['machine']['cpus']} CPUs, {study['machine']['platform']}. Made in {study['seconds']:.0f} s.", '',
               '| experiment | ' + ' | '.join(df.columns) + ' |', '|---' * (len(df.columns) + 1) + '|']
     lines += [f"| {i} | " + ' | '.join(r) + ' |' for i, r in zip(df.index, df.itertuples(index=False))]
-    lines += ['', 'Runs: ' + ', '.join(f"`{r['folder']}`" for rs in study['runs'].values() for r in rs if r.get('folder'))]
+    folders = [f"`{r['folder']}`" for rs in study['runs'].values() for r in rs if r.get('folder')]
+    if folders: lines += ['', 'The runs: ' + ', '.join(folders) + '.']
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/56_study.ipynb #59b0cdc8

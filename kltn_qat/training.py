@@ -572,6 +572,7 @@ def train_qat(data:str|Path,                   # a data.yaml
         ddp = init_distributed(device)
         if not ddp or dist.get_rank() == 0:   # under torchrun: rank 0 writes the data yaml and the PTQ checkpoint
             log(f"QAT recipe ({out}):\n" + '\n'.join(recipe_lines(recipe)))
+            out.mkdir(parents=True, exist_ok=True)
             data = prepare_data_yaml(data, out)
             check_before_use(data, ('train', 'val'), strict=strict, log=log)
             if ptq is not None:

@@ -174,52 +174,61 @@ def onnx_size(p):
     return [d.dim_value for d in onnx.load(str(p)).graph.input[0].type.tensor_type.shape.dim][-2:]
 
 def test_cli_stages_alone(shared, tmp_path):
+    "Every stage as its own command, from an FP32 model trained at 96 px: each uses the size it is given, else the model's own."
     from kltn_qat.models.yolov8_qat import read_checkpoint, fp32_train_args
-    data = shared['data']
+    data, wrong = shared['data'], []
+    def check(ok, what):   # every stage runs; the mismatches are reported together
+        if not ok: wrong.append(what)
     # train-fp32 at 96 px
     kq('train-fp32', '--data', data, '--model', 'yolov8n.yaml', '--imgsz', 96, '--epochs', 1, '--batch', 4,
        '--project', tmp_path, '--name', 'fp32', '--device', 'cpu')
     best = tmp_path / 'fp32' / 'weights' / 'best.pt'
     fa = fp32_train_args(best)
-    assert fa['imgsz'] == 96
+    assert fa['imgsz'] == 96, fa.get('imgsz')
     # calibrate without --imgsz: the model's own 96 px, the default policy, min-max while calibrating only
     r = kq('calibrate', '--data', data, '--weights', best, '--out', tmp_path / 'ptq.pt', '--n-images', 4, '--batch', 4, '--device', 'cpu')
     ck = read_checkpoint(tmp_path / 'ptq.pt')
-    assert ck['imgsz'] == 96 and '96 px' in r.stdout + r.stderr
-    assert ck['qconfig']['overrides'][0]['pattern'] == 'model.0' and ck['qconfig']['overrides'][0]['weight']['bits'] == 16
-    assert ck['qconfig']['default']['activation']['observer'] == 'moving_average'
-    assert ck['extra']['calibration']['method'] == 'minmax'
+    check(ck['imgsz'] == 96 and '96 px' in r.stdout + r.stderr, f"calibrate: checkpoint imgsz {ck['imgsz']}, not the model's own 96")
+    ov = ck['qconfig']['overrides']
+    check(ov and ov[0]['pattern'] == 'model.0' and ov[0]['weight']['bits'] == 16, f"calibrate: not the default policy: {ov}")
+    check(ck['qconfig']['default']['activation']['observer'] == 'moving_average', "calibrate: stored activation observer rewritten")
+    check(ck['extra']['calibration']['method'] == 'minmax', f"calibrate: method {ck['extra']['calibration']['method']}")
     # calibrate at 64 px with a preset
     kq('calibrate', '--data', data, '--weights', best, '--out', tmp_path / 'ptq64.pt', '--n-images', 4, '--batch', 4,
        '--imgsz', 64, '--qconfig', 'w7a8', '--device', 'cpu')
-    assert read_checkpoint(tmp_path / 'ptq64.pt')['imgsz'] == 64
+    ck = read_checkpoint(tmp_path / 'ptq64.pt')
+    check(ck['imgsz'] == 64 and ck['qconfig']['default']['weight']['bits'] == 7, "calibrate --imgsz 64 --qconfig w7a8")
     # train-qat at 64 px: the FP32 run's optimizer and final learning rate
-    r = kq('train-qat', '--data', data, '--weights', best, '--imgsz', 64, '--epochs', 1, '--batch', 4,
-           '--project', tmp_path, '--name', 'qat', '--device', 'cpu')
+    kq('train-qat', '--data', data, '--weights', best, '--imgsz', 64, '--epochs', 1, '--batch', 4,
+       '--project', tmp_path, '--name', 'qat', '--device', 'cpu')
     args = yaml.safe_load((tmp_path / 'qat' / 'args.yaml').read_text())
-    assert args['imgsz'] == 64 and args['optimizer'] == fa['optimizer']
-    assert args['lr0'] == pytest.approx(fa['lr0'] * fa['lrf'], rel=1e-9), (args['lr0'], fa['lr0'], fa['lrf'])
+    check(args['imgsz'] == 64, f"train-qat --imgsz 64 trained at {args['imgsz']}")
+    check(args['optimizer'] == fa['optimizer'], f"train-qat optimizer {args['optimizer']}, the FP32 run used {fa['optimizer']}")
+    check(args['lr0'] == pytest.approx(fa['lr0'] * fa['lrf'], rel=1e-9), f"train-qat lr0 {args['lr0']}, not lr0 x lrf = {fa['lr0'] * fa['lrf']}")
     qbest = tmp_path / 'qat' / 'weights' / 'qat_best.pt'
-    assert read_checkpoint(qbest)['imgsz'] == 64
+    check(read_checkpoint(qbest)['imgsz'] == 64, "train-qat: qat_best.pt imgsz")
     # export: the checkpoint's own size by default; --imgsz wins; --fp32 the FP32 model's own size
     kq('export', '--weights', qbest, '--out', tmp_path / 'q.onnx', '--inspect')
-    assert onnx_size(tmp_path / 'q.onnx') == [64, 64]
+    check(onnx_size(tmp_path / 'q.onnx') == [64, 64], f"export of a 64 px checkpoint: {onnx_size(tmp_path / 'q.onnx')}")
     kq('export', '--weights', tmp_path / 'ptq.pt', '--out', tmp_path / 'p64.onnx', '--imgsz', 64)
-    assert onnx_size(tmp_path / 'p64.onnx') == [64, 64]
+    check(onnx_size(tmp_path / 'p64.onnx') == [64, 64], f"export --imgsz 64 of a 96 px checkpoint: {onnx_size(tmp_path / 'p64.onnx')}")
     kq('export', '--fp32', '--weights', best, '--out', tmp_path / 'f.onnx')
-    assert onnx_size(tmp_path / 'f.onnx') == [96, 96]
+    check(onnx_size(tmp_path / 'f.onnx') == [96, 96], f"export --fp32 of a 96 px best.pt: {onnx_size(tmp_path / 'f.onnx')}")
     # evaluate: an ONNX at its own size, a checkpoint at its own, the FP32 .pt at its own training size
     for w, size in ((tmp_path / 'q.onnx', 64), (qbest, 64), (best, 96)):
         kq('evaluate', '--data', data, '--weights', w, '--json', tmp_path / 'e.json', '--batch', 1)
-        assert json.loads((tmp_path / 'e.json').read_text())['imgsz'] == size, w
-    # analyze error / sensitivity at 64 px
+        got = json.loads((tmp_path / 'e.json').read_text())['imgsz']
+        check(got == size, f"evaluate {w.name}: at {got} px, not its own {size}")
+    # analyze error / sensitivity
     kq('analyze', 'error', '--data', data, '--fp32', best, '--qat', qbest, '--out', tmp_path / 'err.csv', '--n-images', 4)
-    assert (tmp_path / 'err.csv').stat().st_size > 0
+    check((tmp_path / 'err.csv').stat().st_size > 0, 'analyze error wrote an empty CSV')
     kq('analyze', 'sensitivity', '--data', data, '--weights', best, '--out', tmp_path / 'sens.yaml', '--n-images', 4,
        '--imgsz', 64, '--top-k', 2)
     s = yaml.safe_load((tmp_path / 'sens.yaml').read_text())
-    assert len(s['qconfig']['overrides'] if 'qconfig' in s else s['overrides']) >= 2, s
+    ov = (s.get('qconfig') or s).get('overrides') or []
+    check(len(ov) >= 2, f"analyze sensitivity --top-k 2 wrote {s}")
     # report of a pipeline run
     out, _, _ = run_case(shared, 'quick')
     r = kq('report', out / 'metrics.json')
-    assert '| qat_onnx_int8 |' in r.stdout
+    check('| qat_onnx_int8 |' in r.stdout, 'report printed no table')
+    assert not wrong, wrong
