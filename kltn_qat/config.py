@@ -73,8 +73,8 @@ class QATConfig:
     lr_factor:float|None=None     # alternatively: a fraction of the FP32 run's `lr0` (not both)
     warmup_epochs:float=0.5
     schedule:str='cosine'         # 'cosine' or 'linear' decay after warm-up
-    freeze_bn_epoch:int|None=2    # from this epoch on BN uses running statistics (None: never)
-    freeze_observer_epoch:int|None=2  # from this epoch on ranges are fixed (None: never)
+    freeze_bn_epoch:int|None=0    # from this epoch on BN uses running statistics (0: from the start; None: never)
+    freeze_observer_epoch:int|None=0  # from this epoch on ranges are fixed (0: from calibration on; None: never)
     progressive:list=field(default_factory=list)  # stages: [{epoch: 0, enable: [weights]}, {epoch: 1, enable: [activations]}]
     distill_weight:float=0.0      # weight of the distillation loss from the FP32 model (0: off)
     distill_kind:str='logit'      # 'logit', 'feature' or 'both'
