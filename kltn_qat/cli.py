@@ -123,6 +123,11 @@ def _explain(args):
     from kltn_qat.training import explain
     explain(args.config, weights=args.weights, imgsz=args.imgsz, out=args.out, trust_pickle=args.trust_pickle)
 
+def _study(args):
+    from kltn_qat.study import run_study, study_markdown
+    s = run_study(args.configs, out=args.out, seeds=args.seeds, fp32=args.fp32, data=args.data, force=args.force)
+    print(study_markdown(s))
+
 def _report(args):
     from kltn_qat.pipeline import results_markdown
     print(results_markdown(args.metrics_json))
@@ -255,6 +260,13 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--metric', default='sqnr', choices=['sqnr', 'map']); s.add_argument('--preset', default='int16', choices=['int16', 'float', 'w8a8'])
     s.add_argument('--qconfig', default=None); s.add_argument('--device', default='cpu'); _add_safety(s, strict=False)
     s.set_defaults(func=_analyze_sensitivity)
+
+    s = sub.add_parser('study', help='the thesis table: several experiment configs x seeds from one FP32 model (mean +- std)')
+    s.add_argument('configs', nargs='+', help='experiment configs, e.g. configs/experiments/*.yaml')
+    s.add_argument('--out', default='runs/study'); s.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    s.add_argument('--fp32', default=None, help='a trained FP32 .pt for every experiment (default: train one with the first config)')
+    s.add_argument('--data', default=None, help='a data.yaml for every experiment (default: the first config\'s synthetic set)')
+    s.add_argument('--force', action='store_true', help='re-run finished stages'); s.set_defaults(func=_study)
 
     s = sub.add_parser('explain', help='what a config does to a model: the effective QAT recipe and every layer\'s quantization')
     s.add_argument('--config', default=None, help='study config YAML (default: the defaults)')

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from ultralytics.models.yolo.detect import DetectionValidator
 from .core import KltnError, CheckpointError, QuantError, check_file, get_device
 from .data import prepare_data_yaml, load_data_yaml, check_before_use
-from .deployment.inference import ultralytics_ort_sessions
+from .deployment.inference import ultralytics_ort_sessions, load_onnx
 from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32, set_quant_state, fp32_train_args
 from .quantization.fake_quantize import quantizers
 
@@ -69,6 +69,12 @@ def _check_calibrated(model:nn.Module, path:str|Path|None=None):
            f"calibrates (it would fit the ranges to the images it scores): run `kltn-qat calibrate` first")
     raise CheckpointError(msg) if path is not None else QuantError(msg + " (or `calibrate(model, images)` in Python)")
 
+def _onnx_side(path)->int|None:
+    "The fixed input side of a square ONNX model, None when its height/width are dynamic."
+    inp = load_onnx(path).graph.input[0].type.tensor_type.shape.dim
+    h, w = (d.dim_value if d.HasField('dim_value') else None for d in list(inp)[2:4])
+    return h if h and h == w else None
+
 def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, or a model
              data:str|Path,              # a data.yaml
              split:str='test',           # 'test', or 'val' (test falls back to val when the dataset has none)
@@ -84,7 +90,8 @@ def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, o
     info = {}
     kind = model_kind(weights)
     if kind == 'kltn_qat': info = read_checkpoint(weights)
-    if imgsz is None: imgsz = int(info.get('imgsz') or (fp32_train_args(weights).get('imgsz') if kind == 'ultralytics' else None) or 640)
+    if imgsz is None: imgsz = int(info.get('imgsz') or (fp32_train_args(weights).get('imgsz') if kind == 'ultralytics' else None)
+                                  or (_onnx_side(weights) if kind == 'onnx' else None) or 640)
     ds = load_data_yaml(data)
     split = _split_name(ds, split)
     check_before_use(ds, (split,), log=log)      # images Ultralytics' validator would drop without a word are named first

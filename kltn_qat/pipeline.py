@@ -198,7 +198,7 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     lat = {r.get('model', r.get('name', r.get('index'))): r.get('median_ms') for r in bench}
     from kltn_qat.evaluation import baseline_verdict
     verdict = baseline_verdict(ev.get('fp32') or {})
-    if verdict: log(f"WARNING: {verdict}")
+    if verdict: log(verdict)
     metrics = {'models': {k: _m(ev.get(k), lat.get(k), _size(w)) for k, w in models.items()},
                'baseline_warning': verdict, 'imgsz': imgsz, 'qat_selected': qat.get('selected'),
                'ptq_head_error': head, 'fidelity': fid, 'config': c, 'dataset': ds['summary'], 'benchmark': bench,
@@ -253,7 +253,7 @@ def write_report(out:Path, metrics:dict, ev:dict, qat:dict)->Path:
     df = metrics_table(metrics)
     c = metrics['config']
     md = [f"# kltn_qat study: {c['name']}", '']
-    if metrics.get('baseline_warning'): md += [f"> **WARNING: {metrics['baseline_warning']}**", '']
+    if metrics.get('baseline_warning'): md += [f"> **{metrics['baseline_warning']}**", '']
     md += [selection_line(metrics.get('qat_selected')), '',
           f"Produced by `kltn-qat pipeline` in {metrics['seconds']:.0f} s on {metrics['machine']['platform']} "
           f"({metrics['machine']['cpus']} CPUs, {metrics['machine']['device']}). Evaluated on the "
@@ -285,5 +285,5 @@ def head_line(metrics:dict)->str:
 def results_markdown(metrics:dict|str|Path)->str:
     "The models table of a run (`metrics.json` or its dict) as Markdown, and the PTQ head SQNR."
     m = json.loads(Path(metrics).read_text()) if not isinstance(metrics, dict) else metrics
-    warn = f"> **WARNING: {m['baseline_warning']}**" if m.get('baseline_warning') else ''
+    warn = f"> **{m['baseline_warning']}**" if m.get('baseline_warning') else ''
     return '\n\n'.join(filter(None, [warn, _md_table(metrics_table(m)), selection_line(m.get('qat_selected')), head_line(m)]))

@@ -34,7 +34,7 @@ import ultralytics.nn.tasks as ul_tasks
 from .core import KltnError, ConfigError, CheckpointError, check_file, get_device, set_seed, run_dir, check_output
 from .config import QATConfig, Config, from_dict, load_config, DEFAULT_QCONFIG
 from .data import prepare_data_yaml, check_before_use
-from .quantization.fake_quantize import FakeQuantize, quantizers
+from .quantization.fake_quantize import FakeQuantize, LearnableFakeQuantize, quantizers
 from .quantization.observers import MovingAverageMinMaxObserver
 from .models.yolov8_qat import (prepare_qat, load_checkpoint, save_checkpoint, read_checkpoint, load_fp32, fp32_train_args,
                                         quantizer_groups, set_quant_state, freeze_bn, layer_table, layer_summary)
@@ -213,6 +213,8 @@ def apply_qat_stage(model:nn.Module, stage:dict)->dict:
     set_quant_state(model, fake_quant=False)
     set_quant_state(model, fake_quant=True, names=sorted(on))
     set_quant_state(model, observers=stage['observers'])
+    for _, fq in quantizers(model):   # a learned (LSQ) scale is trained, not observed: an observer would overwrite it every step
+        if isinstance(fq, LearnableFakeQuantize): fq.disable_observer()
     freeze_bn(model, stage['bn_frozen'])
     return {'fake_quant': len(on), 'quantizers': len(groups['all']), 'observers': stage['observers'], 'bn_frozen': stage['bn_frozen']}
 

@@ -79,11 +79,7 @@ def run_case(shared, name):
         shared['runs'][name] = (out, m, cfg)
     return shared['runs'][name]
 
-LSQ_BUG = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=
-    "LSQ QAT crashes in its first epoch: with observers on (until qat.freeze_observer_epoch), LearnableFakeQuantize.forward "
-    "-> sync_qparams -> set_qparams writes learned_scale in place; a shared quantizer used twice in one forward then fails "
-    "backward ('modified by an inplace operation'). Reported to the lead (nbs/04 or nbs/30 apply_qat_stage).")
-MATRIX = [pytest.param(n, marks=LSQ_BUG) if n == 'lsq' else n for n in CASES]
+MATRIX = list(CASES)
 
 @pytest.mark.parametrize('name', MATRIX)
 def test_config_does_what_it_says(shared, name):
@@ -145,11 +141,7 @@ def test_config_does_what_it_says(shared, name):
     drift = (out / 'drift.csv').read_text()
     assert all(f"qat_epoch_{i + 1}," in drift for i in range(args['epochs'])), drift
 
-EXPLAIN_INT4_BUG = pytest.mark.xfail(strict=True, reason=
-    "layer_table/explain calls a conv with 4-bit weights 'integer', but export stores them as INT4 and onnxruntime "
-    "computes those convs in float (19 QLinearConv of 63). Reported to the lead (nbs/20 layer_table).")
-
-@pytest.mark.parametrize('name', [pytest.param(n, marks=EXPLAIN_INT4_BUG) if n == 'exp3' else n for n in CASES if n != 'lsq'])
+@pytest.mark.parametrize('name', [n for n in CASES if n != 'lsq'])
 def test_explain_says_what_runs_integer(shared, name):
     "The 'export' column of `explain` (integer / float) is what onnxruntime runs: as many integer convs as QLinearConv nodes."
     from kltn_qat.models.yolov8_qat import load_checkpoint, layer_table
@@ -248,7 +240,4 @@ def test_cli_stages_alone(shared, tmp_path):
     out, _, _ = run_case(shared, 'quick')
     r = kq('report', out / 'metrics.json')
     check('| qat_onnx_int8 |' in r.stdout, 'report printed no table')
-    known = {"export --fp32 of a 96 px best.pt: [640, 640]",   # reported to the lead: nbs/50 export_onnx(int8=False) ignores train_args
-             "evaluate q.onnx: at 640 px, not its own 64"}    # nbs/40 evaluate reports 640 for a fixed 64 px ONNX (it runs at 64)
-    assert not set(wrong) - known, wrong
-    if wrong: pytest.xfail(f"known, reported: {wrong}")
+    assert not wrong, wrong

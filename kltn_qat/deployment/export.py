@@ -323,7 +323,7 @@ def quiet_ultralytics():
 
 def export_fp32(model:nn.Module|str|Path, # a DetectionModel, an Ultralytics .pt or a model yaml
                 out:str|Path,             # the .onnx file to write
-                imgsz:int=640,            # input size (square)
+                imgsz:int|None=None,      # input size (square); None: the model's own training size (its train_args), else 640
                 opset:int|None=None,      # ONNX opset (None: Ultralytics' choice)
                 simplify:bool=True,       # run onnxslim, as Ultralytics does by default
                 nc:int|None=None,         # classes, when `model` is a yaml
@@ -335,6 +335,7 @@ def export_fp32(model:nn.Module|str|Path, # a DetectionModel, an Ultralytics .pt
     ultralytics_offline()
     from ultralytics.engine.exporter import Exporter
     m = _as_ultralytics_model(model, nc)
+    if imgsz is None: imgsz = int((getattr(m, 'args', None) or {}).get('imgsz') or 640) if isinstance(getattr(m, 'args', None), dict) else 640
     imgsz = check_imgsz(imgsz, int(max(m.stride)), f"{model}" if isinstance(model, (str, Path)) else 'the model')
     if fast_dfl:
         m = copy.deepcopy(m)
@@ -390,8 +391,9 @@ def export_onnx(source:str|Path|nn.Module,  # a kltn_qat checkpoint (PTQ or QAT)
     out = _check_out(out, source)
     model, info = _load(source, int8)
     name = f"{source}" if isinstance(source, (str, Path)) else 'the model'
-    imgsz = check_imgsz(imgsz if imgsz is not None else int(info.get('imgsz') or 640), int(max(getattr(model, 'stride', [32]))), name)
-    if not int8: return export_fp32(float_model(model), out, imgsz=imgsz, opset=opset, fast_dfl=fast_dfl)
+    if imgsz is None: imgsz = info.get('imgsz') or ((getattr(model, 'args', None) or {}).get('imgsz') if isinstance(getattr(model, 'args', None), dict) else None) or 640
+    imgsz = check_imgsz(int(imgsz), int(max(getattr(model, 'stride', [32]))), name)
+    if not int8: return export_fp32(float_model(model), out, imgsz=imgsz, opset=opset, fast_dfl=fast_dfl)   # a .pt: its own size when imgsz is None
     if getattr(model, 'qconfig_map', None) is None or not quantizers(model):
         raise QuantError("this model has no fake quantizers: prepare it with prepare_qat and calibrate it (or train it with QAT) "
                          "before an INT8 export, or pass int8=False (--fp32)")

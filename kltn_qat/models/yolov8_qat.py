@@ -374,6 +374,7 @@ def layer_table(model:DetectionModel, # a model prepared with `prepare_qat` (cal
         elif wq is None: export, why = 'float', f"{'override float' if qmap.qconfig_for(n).is_float else 'weights float by the qconfig'} ({src})"
         elif not int(wq.fake_quant_enabled): export, why = 'float', 'weight fake quant off'
         elif wq.scheme.bits > 8: export, why = 'float', f"{wq.scheme.bits}-bit weights: no integer kernel in onnxruntime"
+        elif wq.scheme.bits <= 4: export, why = 'float', f"{wq.scheme.bits}-bit weights stored as INT4: onnxruntime dequantizes them to float (a smaller file, not a faster one)"
         elif not in_q: export, why = 'float', 'no input quantizer (its input is float)'
         elif aq is None: export, why = 'float', 'output not quantized'
         elif aq.scheme.bits > 8: export, why = 'float', f"{aq.scheme.bits}-bit output: no integer kernel in onnxruntime"
