@@ -35,7 +35,9 @@ def main(argv=None):
     ap.add_argument('--out', default='runs/converged'); ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--subsets', type=int, nargs='+', default=[0, 64], help='training images (0: the whole train split)')
     ap.add_argument('--epochs', type=int, default=2); ap.add_argument('--results', default=None)
+    ap.add_argument('--table', default=None, metavar='JSON', help="only rebuild the table from a run's converged.json")
     a = ap.parse_args(argv)
+    if a.table: return report(json.loads(Path(a.table).read_text()), a, Path(a.table).parent, 0)
     from kltn_qat.data import synth_dataset
     from kltn_qat.quantization.calibration import calibrate_checkpoint
     from kltn_qat.training import train_qat
@@ -55,21 +57,33 @@ def main(argv=None):
             r = train_qat(d, a.model, qat={'epochs': a.epochs}, seed=s, project=out, name=k, exist_ok=True, ptq=ptq)
             rows[k] = {**score(r['qat'], k), 'selected': r['selected']}
             rows[k + '_onnx_int8'] = score(export_onnx(r['qat'], out / f'{k}_int8.onnx'), k + '_onnx')
-    fp, pq = rows['fp32']['map50_95'], rows['ptq']['map50_95']
-    lines = [f"Converged-model study: {Path(a.model).name}, {a.epochs} QAT epochs with the defaults, test split "
-             f"({rows['fp32']['images']} images, {rows['fp32']['imgsz']} px); {time.time() - t0:.0f} s.", '',
+    rows['_meta'] = {'model': Path(a.model).name, 'epochs': a.epochs, 'seconds': round(time.time() - t0), 'seeds': a.seeds, 'subsets': a.subsets}
+    return report(rows, a, out, 1)
+
+def report(rows:dict, a, out:Path, write_json:int)->int:
+    "The table: each QAT row against PTQ of the same kind (fake-quant .pt or INT8 ONNX) and against FP32."
+    meta = rows['_meta']
+    fp = rows['fp32']['map50_95']
+    lines = [f"Converged-model study: {meta['model']}, {meta['epochs']} QAT epochs with the defaults, test split "
+             f"({rows['fp32']['images']} images, {rows['fp32']['imgsz']} px); {meta['seconds']} s. `vs PTQ`: against the PTQ "
+             "model of the same kind (fake-quant .pt, or INT8 ONNX).", '',
              '| model | mAP50 | mAP50-95 | vs PTQ (pts) | vs FP32 (pts) | kept |', '|---|---|---|---|---|---|']
     bad = []
     for k, r in rows.items():
+        if k == '_meta': continue
+        pq = rows['ptq_onnx_int8' if k.endswith('_onnx_int8') else 'ptq']['map50_95']
         dp, df = 100 * (r['map50_95'] - pq), 100 * (r['map50_95'] - fp)
         lines.append(f"| {k} | {r['map50']:.3f} | {r['map50_95']:.3f} | {dp:+.2f} | {df:+.2f} | {r.get('selected', '')} |")
         if k.startswith('qat_') and (dp < -1e-9 or df < -0.3): bad.append(k)
-    for n in a.subsets:
-        v = [rows[f"qat_{n or 'all'}_seed{s}"]['map50_95'] for s in a.seeds]
-        lines.append(f"\nQAT ({n or 'all'} training images), mAP50-95 over seeds {a.seeds}: {statistics.mean(v):.4f}"
-                     + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ''))
+    for n in meta['subsets']:
+        for kind in ('', '_onnx_int8'):
+            v = [rows[f"qat_{n or 'all'}_seed{s}{kind}"]['map50_95'] for s in meta['seeds']]
+            lines.append(f"\nQAT{' INT8 ONNX' if kind else ''} ({n or 'all'} training images), mAP50-95 over seeds {meta['seeds']}: "
+                         f"{statistics.mean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ''))
+    if bad: lines.append(f"\nBelow PTQ or more than 0.3 points below FP32: {', '.join(bad)}.")
     md = '\n'.join(lines); print(md)
-    (out / 'converged.md').write_text(md + '\n'); (out / 'converged.json').write_text(json.dumps(rows, indent=1, default=str))
+    (out / 'converged.md').write_text(md + '\n')
+    if write_json: (out / 'converged.json').write_text(json.dumps(rows, indent=1, default=str))
     if a.results:
         for ext in ('md', 'json'): shutil.copy(out / f'converged.{ext}', BENCH / 'results' / f'{a.results}.{ext}')
     if bad: print(f"below PTQ or FP32 - 0.3: {bad}", file=sys.stderr); return 1
