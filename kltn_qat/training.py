@@ -31,7 +31,7 @@ from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 from ultralytics.utils import RANK
 import ultralytics.engine.validator as ul_validator, ultralytics.models.yolo.detect.val as ul_detect_val
 import ultralytics.nn.tasks as ul_tasks
-from .core import KltnError, ConfigError, CheckpointError, check_file, get_device, set_seed, run_dir, check_output
+from .core import KltnError, ConfigError, CheckpointError, check_file, get_device, set_seed, run_dir
 from .config import QATConfig, Config, from_dict, load_config, DEFAULT_QCONFIG
 from .data import prepare_data_yaml, check_before_use
 from .quantization.fake_quantize import FakeQuantize, LearnableFakeQuantize, quantizers
