@@ -81,7 +81,7 @@ def read_onnx_metadata(path:str|Path)->dict:
     "The metadata Ultralytics writes in an ONNX file's `metadata_props` (names, stride, imgsz, task, ...), parsed."
     m = load_onnx(path)
     d = {p.key: p.value for p in m.metadata_props}
-    for k in ('stride', 'batch', 'channels'):
+    for k in ('stride', 'batch', 'channels', 'topk'):
         if k in d: d[k] = int(d[k])
     for k in ('imgsz', 'names', 'args', 'end2end', 'kltn_qat_export', 'quantization_types'):
         if k in d:

@@ -1,0 +1,92 @@
+"""QAT training step against FP32, before and after the vectorized per-tensor fake-quant kernel (issue 16), in one run.
+
+The rows are timed interleaved, one step of each model per round, as `kltn-qat benchmark-train` does, with the wall time
+and the process CPU time of each step (the CPU time is the figure least disturbed by other jobs on a shared machine;
+with --threads 1 it does not count threads waiting for each other either):
+  fp32                      the FP32 model
+  qat_torch_kernel          QAT, observers frozen, PyTorch's per-tensor fake-quant kernel (as before issue 16)
+  qat                       QAT, observers frozen, `fake_quantize_per_tensor` (the project's default since issue 16)
+  qat_observers_on          QAT before the observer freeze (ranges updated every step), the project's default
+With --profile, torch.profiler's table of the first three (one step each) follows.
+
+    python bench/speed_train.py --weights bench/models/quick_converged_yolov8n.pt --imgsz 640 --batch 8 --steps 3
+"""
+import argparse, copy, json, os, platform, statistics, time, types
+import pandas as pd
+import torch
+from torch.profiler import profile, ProfilerActivity
+from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, set_quant_state
+from kltn_qat.quantization.fake_quantize import observing, quantizers
+from kltn_qat.evaluation import _prep_train, _dummy_batch
+
+
+def native_fake_quant(self, x):
+    "`FakeQuantize._fake_quant` as it was before issue 16: PyTorch's own kernels."
+    s = self.scheme
+    if s.per_channel:
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.ndim, s.qmin, s.qmax)
+    return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, s.qmin, s.qmax)
+
+
+def cpu_flags():
+    "The SIMD flags the timings depend on."
+    try: flags = next(l for l in open('/proc/cpuinfo') if l.startswith('flags')).split()
+    except (OSError, StopIteration): return []
+    return [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_int8') if f in flags]
+
+
+def train_steps(models:dict, imgsz:int, batch:int, steps:int, warmup:int)->pd.DataFrame:
+    "Wall and CPU time of one training step (forward + loss + backward + SGD) per model, interleaved; ratios to the first."
+    dev = torch.device('cpu')
+    ms = {k: _prep_train(m, dev) for k, m in models.items()}
+    b = _dummy_batch(batch, imgsz, int(next(iter(ms.values())).model[-1].nc), dev)
+    opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5) for k, m in ms.items()}
+    wall, cpu = {k: [] for k in ms}, {k: [] for k in ms}
+    for i in range(warmup + steps):
+        for k in (list(ms) if i % 2 == 0 else list(ms)[::-1]):
+            t, c = time.perf_counter(), time.process_time()
+            opts[k].zero_grad(); loss, _ = ms[k].loss(b); loss.sum().backward(); opts[k].step()
+            if i >= warmup: wall[k].append(1e3 * (time.perf_counter() - t)); cpu[k].append(1e3 * (time.process_time() - c))
+    ref = next(iter(ms))
+    rows = [{'model': k, 'step_ms': statistics.median(wall[k]), 'min_ms': min(wall[k]), 'cpu_ms': statistics.median(cpu[k])} for k in ms]
+    df = pd.DataFrame(rows).set_index('model')
+    df['ratio'], df['cpu_ratio'] = df.step_ms / df.step_ms[ref], df.cpu_ms / df.cpu_ms[ref]
+    return df
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--weights', default='bench/models/quick_converged_yolov8n.pt'); ap.add_argument('--qconfig', default='w8a8')
+    ap.add_argument('--imgsz', type=int, default=640); ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--steps', type=int, default=3); ap.add_argument('--warmup', type=int, default=1)
+    ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s own)')
+    ap.add_argument('--profile', action='store_true'); ap.add_argument('--json', default=None)
+    a = ap.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
+    fp32 = load_fp32(a.weights)
+    qat_on = prepare_qat(fp32, a.qconfig); set_quant_state(qat_on, observers=True, fake_quant=True)
+    frozen = copy.deepcopy(qat_on).eval()
+    with torch.no_grad(), observing(frozen): frozen(torch.rand(2, 3, a.imgsz, a.imgsz))
+    set_quant_state(frozen, observers=False)
+    native = copy.deepcopy(frozen)
+    for _, fq in quantizers(native): fq._fake_quant = types.MethodType(native_fake_quant, fq)
+    models = {'fp32': fp32, 'qat_torch_kernel': native, 'qat': frozen, 'qat_observers_on': qat_on}
+    info0 = os.getloadavg()[0]
+    df = train_steps(models, a.imgsz, a.batch, a.steps, a.warmup)
+    info = {'cpu': platform.processor() or next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?'),
+            'cpu_flags': cpu_flags(), 'cores': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
+            'imgsz': a.imgsz, 'batch': a.batch, 'steps': a.steps, 'loadavg': [info0, os.getloadavg()[0]]}
+    print(info); print(df.to_string(float_format=lambda v: f"{v:.2f}"))
+    if a.json: open(a.json, 'w').write(json.dumps({'settings': info, 'rows': df.reset_index().to_dict(orient='records')}, indent=1))
+    if a.profile:
+        b = _dummy_batch(a.batch, a.imgsz, int(fp32.model[-1].nc), torch.device('cpu'))
+        for name in ('fp32', 'qat_torch_kernel', 'qat'):
+            m = _prep_train(models[name], torch.device('cpu'))
+            opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+            def step(): opt.zero_grad(); loss, _ = m.loss(b); loss.sum().backward(); opt.step()
+            step()
+            with profile(activities=[ProfilerActivity.CPU]) as p: step()
+            print(f"\n{name}: torch.profiler, one step"); print(p.key_averages().table(sort_by='self_cpu_time_total', row_limit=14, max_name_column_width=60))
+
+
+if __name__ == '__main__': main()
