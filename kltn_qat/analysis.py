@@ -493,21 +493,23 @@ def load_for_analysis(weights:str|Path,     # a kltn_qat checkpoint, an Ultralyt
     return fp32, q, imgsz
 
 # %% ../nbs/41_analysis.ipynb #d7b487f2
-def analyze_sensitivity(weights:str|Path,       # `--weights`: kltn_qat checkpoint (PTQ/QAT), Ultralytics .pt, or model yaml
-                        data:str|Path,           # `--data`: data.yaml
-                        out_yaml:str|Path,       # `--out`: the critical-layer qconfig YAML to write (the table goes next to it, .csv)
-                        top_k:int=3,             # `--top-k`
-                        n_images:int=16,         # `--n-images`: val images measured
-                        imgsz:int|None=None,     # `--imgsz`
-                        metric:str='sqnr',       # `--metric`: sqnr | map
-                        mode:str='both',         # `--mode`: one | all_but | both
-                        preset:str='int16',      # `--preset`: int16 | float
-                        level:str='layer',       # `--level`: layer | conv
-                        qconfig:str|Path|None=None, # `--qconfig`: base policy for FP32 weights (default: the default policy)
-                        n_calib:int=32,          # `--n-calib`: calibration images for FP32 weights
-                        batch:int=8, device:str='cpu', progress:bool=True,
+def analyze_sensitivity(weights:str|Path,       # kltn_qat checkpoint (PTQ/QAT), Ultralytics .pt, or model yaml
+                        data:str|Path,           # data.yaml
+                        out_yaml:str|Path,       # the critical-layer qconfig YAML to write (the ranking goes next to it: .csv and .png)
+                        top_k:int=3,             # groups written to the YAML
+                        n_images:int=16,         # val images measured
+                        imgsz:int|None=None,     # None: the checkpoint's, else 640
+                        metric:str='sqnr',       # sqnr (head SQNR) | map (mAP50-95, slower)
+                        mode:str='both',         # one (only this group quantized) | all_but (all but this group) | both
+                        preset:str='int16',      # what the critical groups get: int16 | float | w8a8
+                        level:str='layer',       # rank whole layers (layer) or single convolutions (conv)
+                        qconfig:str|Path|None=None, # base policy for FP32 weights (None: the default policy)
+                        n_calib:int=32,          # calibration images for FP32 weights
+                        batch:int=8,             # images per batch
+                        device:str='cpu',        # torch device
+                        progress:bool=True,      # show a progress bar
                        )->pd.DataFrame:
-    "Sensitivity ranking of a model's layers on `data`; writes the top-k critical-layer YAML and the ranking CSV."
+    "Sensitivity ranking of a model's layers on `data`; writes the top-k critical-layer YAML, the ranking CSV and its bar plot (PNG)."
     fp32, q, imgsz = load_for_analysis(weights, data, imgsz, qconfig, n_calib, batch, device, progress)
     # the policy to add the critical layers to: the one the user gave, not the calibrated model's (calibration switched its
     # activation observers to min-max); a checkpoint's own policy otherwise
@@ -518,7 +520,8 @@ def analyze_sensitivity(weights:str|Path,       # `--weights`: kltn_qat checkpoi
                        batch=batch, progress=progress, device=device)
     yp = write_critical_yaml(sens, out_yaml, top_k, base, preset)
     csv = yp.with_suffix('.csv'); sens.to_csv(csv)
-    sens.attrs.update(yaml=str(yp), csv=str(csv))
+    png = yp.with_suffix('.png'); plot_sensitivity(sens).savefig(png, dpi=120, bbox_inches='tight'); plt.close('all')
+    sens.attrs.update(yaml=str(yp), csv=str(csv), png=str(png))
     return sens
 
 def _is_yaml(p)->bool: return str(p).endswith(('.yaml', '.yml'))
@@ -539,19 +542,21 @@ def _check_error_inputs(weights_fp32, weights_qat):
                           f"{weights_qat} --data DATA_YAML --out ptq.pt` and pass that as --qat, or leave --qat out to "
                           f"analyse the PTQ model of --fp32")
 
-def analyze_error(weights_fp32:str|Path,          # `--weights`: the FP32 model (Ultralytics .pt or model yaml)
-                  weights_qat:str|Path|None,      # `--qat`: a kltn_qat checkpoint; None: PTQ of `weights_fp32` with `qconfig`
-                  data:str|Path,                  # `--data`: data.yaml
-                  out_csv:str|Path,               # `--out`: the table to write
-                  n_images:int=8,                 # `--n-images`: val images
-                  imgsz:int|None=None,            # `--imgsz`
-                  level:str='conv',               # `--level`: conv | layer
-                  plot:str|Path|None=None,        # `--plot`: also save the bar plot here (.png)
-                  qconfig:str|Path|None=None,     # `--qconfig`: for the PTQ model when no checkpoint is given
-                  n_calib:int=32,                 # `--n-calib`
-                  batch:int=4, device:str='cpu', progress:bool=True,
+def analyze_error(weights_fp32:str|Path,          # the FP32 model (Ultralytics .pt or model yaml)
+                  weights_qat:str|Path|None,      # a kltn_qat checkpoint; None: PTQ of `weights_fp32` with `qconfig`
+                  data:str|Path,                  # data.yaml
+                  out_csv:str|Path,               # the table to write (its bar plot goes next to it, .png)
+                  n_images:int=8,                 # val images
+                  imgsz:int|None=None,            # None: the checkpoint's, else 640
+                  level:str='conv',               # one row per convolution (conv) or per layer (layer)
+                  plot:str|Path|None=None,        # the bar plot (.png); None: next to the table
+                  qconfig:str|Path|None=None,     # for the PTQ model when no checkpoint is given (None: the default policy)
+                  n_calib:int=32,                 # calibration images for the PTQ model
+                  batch:int=4,                    # images per batch
+                  device:str='cpu',               # torch device
+                  progress:bool=True,             # show a progress bar
                  )->pd.DataFrame:
-    "Layer-wise error of a quantized model against its FP32 model on `data`'s val images; writes the table (and plot)."
+    "Layer-wise error of a quantized model against its FP32 model on `data`'s val images; writes the table and its bar plot (PNG)."
     _check_error_inputs(weights_fp32, weights_qat)
     ds = load_data_yaml(data)
     if weights_qat is None: fp32, q, imgsz = load_for_analysis(weights_fp32, data, imgsz, qconfig, n_calib, batch, device, progress)
@@ -560,6 +565,7 @@ def analyze_error(weights_fp32:str|Path,          # `--weights`: the FP32 model 
         fp32 = load_fp32(weights_fp32, nc=ds['nc'] if str(weights_fp32).endswith(('.yaml', '.yml')) else None).to(device)
     df = layer_error(fp32, q, split_images(ds, 'val'), level=level, n_images=n_images, imgsz=imgsz, batch=batch, device=device)
     p = Path(out_csv); p.parent.mkdir(parents=True, exist_ok=True); df.to_csv(p)
-    if plot is not None: plot_layer_error(df).figure.savefig(plot, dpi=120, bbox_inches='tight'); plt.close('all')
-    df.attrs.update(csv=str(p))
+    png = Path(plot) if plot is not None else p.with_suffix('.png')
+    plot_layer_error(df).figure.savefig(png, dpi=120, bbox_inches='tight'); plt.close('all')
+    df.attrs.update(csv=str(p), png=str(png))
     return df
