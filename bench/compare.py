@@ -13,6 +13,10 @@ seconds per epoch as a multiple of an FP32 fine-tuning epoch run in the same pro
 
     python bench/compare.py --config configs/quick.yaml --out runs/bench_quick \
         --fp32 runs/quick/fp32/weights/best.pt --data runs/quick/data/data.yaml
+    python bench/compare.py --config configs/base.yaml --out runs/bench_converged --results converged_compare \
+        --fp32 bench/models/quick_converged_yolov8n.pt --data DATA/data.yaml   # a converged model trained elsewhere:
+        # the QAT recipe comes from its own train_args (base.yaml pins none); DATA from
+        # `kltn-qat data synth --preset quick --out DATA --train 400 --valid 300 --test 500 --seed 3`
     python bench/compare.py --smoke      # tiny end-to-end run (minutes); exit status 1 on failure
 
 Writes OUT/compare.json, OUT/compare.md, OUT/compare.png; `--results NAME` also copies them to bench/results/NAME.*.

@@ -35,6 +35,9 @@ def main(argv=None):
     ap.add_argument('--out', default='runs/converged'); ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--subsets', type=int, nargs='+', default=[0, 64], help='training images (0: the whole train split)')
     ap.add_argument('--epochs', type=int, default=2); ap.add_argument('--results', default=None)
+    ap.add_argument('--valid', type=int, default=300, help='validation images (selection); the first 100 are the ones the FP32 run validated on')
+    ap.add_argument('--test', type=int, default=500, help='test images (scoring): 100 test images leave about ±0.5 points of noise')
+    ap.add_argument('--select-margin', type=float, default=None, help="qat.select_margin (default: the config's)")
     ap.add_argument('--table', default=None, metavar='JSON', help="only rebuild the table from a run's converged.json")
     a = ap.parse_args(argv)
     if a.table: return report(json.loads(Path(a.table).read_text()), a, Path(a.table).parent, 0)
@@ -44,7 +47,7 @@ def main(argv=None):
     from kltn_qat.evaluation import evaluate
     from kltn_qat.deployment.export import export_onnx
     out = Path(a.out).absolute(); out.mkdir(parents=True, exist_ok=True)
-    data = Path(a.data) if a.data else synth_dataset(out / 'data', train=400, valid=100, test=100, seed=3, preset='quick', overwrite=True)
+    data = Path(a.data) if a.data else synth_dataset(out / 'data', train=400, valid=a.valid, test=a.test, seed=3, preset='quick', overwrite=True)
     score = lambda w, name: evaluate(w, data, 'test', batch=1 if str(w).endswith('.onnx') else 16, device='cpu', workdir=out / 'eval' / name)
     rows, t0 = {}, time.time()
     rows['fp32'] = score(a.model, 'fp32')
@@ -54,26 +57,40 @@ def main(argv=None):
         d = subset_yaml(data, n, out / f'data_{n}') if n else data
         for s in a.seeds:
             k = f"qat_{n or 'all'}_seed{s}"
-            r = train_qat(d, a.model, qat={'epochs': a.epochs}, seed=s, project=out, name=k, exist_ok=True, ptq=ptq)
+            qat = {'epochs': a.epochs, **({} if a.select_margin is None else {'select_margin': a.select_margin})}
+            r = train_qat(d, a.model, qat=qat, seed=s, project=out, name=k, exist_ok=True, ptq=ptq)
             rows[k] = {**score(r['qat'], k), 'selected': r['selected']}
             rows[k + '_onnx_int8'] = score(export_onnx(r['qat'], out / f'{k}_int8.onnx'), k + '_onnx')
-    rows['_meta'] = {'model': Path(a.model).name, 'epochs': a.epochs, 'seconds': round(time.time() - t0), 'seeds': a.seeds, 'subsets': a.subsets}
+    from kltn_qat.config import QATConfig
+    margin = QATConfig(**qat).select_margin
+    rows['_meta'] = {'model': Path(a.model).name, 'epochs': a.epochs, 'select_margin': margin, 'seconds': round(time.time() - t0), 'seeds': a.seeds, 'subsets': a.subsets}
     return report(rows, a, out, 1)
+
+def val_gain(run:Path)->str:
+    "Best QAT epoch minus PTQ, validation mAP50-95 points, from a QAT run's drift.csv ('' where there is none)."
+    if not (run / 'drift.csv').exists(): return ''
+    from kltn_qat.training import read_drift
+    rows = read_drift(run / 'drift.csv')
+    ptq = next(r['map50_95'] for r in rows if r['stage'] == 'ptq')
+    return f"{100 * (max(r['map50_95'] for r in rows if r['stage'].startswith('qat_')) - ptq):+.2f}"
 
 def report(rows:dict, a, out:Path, write_json:int)->int:
     "The table: each QAT row against PTQ of the same kind (fake-quant .pt or INT8 ONNX) and against FP32."
     meta = rows['_meta']
     fp = rows['fp32']['map50_95']
-    lines = [f"Converged-model study: {meta['model']}, {meta['epochs']} QAT epochs with the defaults, test split "
-             f"({rows['fp32']['images']} images, {rows['fp32']['imgsz']} px); {meta['seconds']} s. `vs PTQ`: against the PTQ "
+    lines = [f"Converged-model study: {meta['model']}, {meta['epochs']} QAT epochs with the defaults (qat.select_margin "
+             f"{meta.get('select_margin', 0.0):g}), test split ({rows['fp32']['images']} images, {rows['fp32']['imgsz']} px); {meta['seconds']} s. `vs PTQ`: against the PTQ "
              "model of the same kind (fake-quant .pt, or INT8 ONNX).", '',
-             '| model | mAP50 | mAP50-95 | vs PTQ (pts) | vs FP32 (pts) | kept |', '|---|---|---|---|---|---|']
+             '`best QAT on val`: the best QAT epoch against PTQ on the validation split (what selection saw; '
+             '`qat.select_margin` decides whether it replaces PTQ).', '',
+             '| model | mAP50 | mAP50-95 | vs PTQ (pts) | vs FP32 (pts) | kept | best QAT on val vs PTQ (pts) |',
+             '|---|---|---|---|---|---|---|']
     bad = []
     for k, r in rows.items():
         if k == '_meta': continue
         pq = rows['ptq_onnx_int8' if k.endswith('_onnx_int8') else 'ptq']['map50_95']
         dp, df = 100 * (r['map50_95'] - pq), 100 * (r['map50_95'] - fp)
-        lines.append(f"| {k} | {r['map50']:.3f} | {r['map50_95']:.3f} | {dp:+.2f} | {df:+.2f} | {r.get('selected', '')} |")
+        lines.append(f"| {k} | {r['map50']:.3f} | {r['map50_95']:.3f} | {dp:+.2f} | {df:+.2f} | {r.get('selected', '')} | {val_gain(out / k)} |")
         if k.startswith('qat_') and (dp < -1e-9 or df < -0.3): bad.append(k)
     for n in meta['subsets']:
         for kind in ('', '_onnx_int8'):

@@ -82,6 +82,7 @@ class QATConfig:
     workers:int=0
     patience:int|None=None        # early stopping: stop after this many epochs without a better validation fitness
     select_best:bool=True         # keep the best of {PTQ, QAT epochs} on validation (False: the last QAT epoch)
+    select_margin:float=0.005     # mAP50-95 a QAT epoch must gain over PTQ on validation to replace it (selection noise)
 
 @dataclass
 class ExportConfig:

@@ -84,6 +84,7 @@ def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, o
              device:str='cpu',
              workdir:str|Path|None=None, # where the validator may write (a temporary folder by default)
              log=None,                   # where the dataset check's one-line summary goes (None: only problems are raised)
+             plots:bool=False,           # let the validator draw its PR curves and confusion matrices into `workdir/val`
             )->dict:
     "mAP50, mAP50-95, precision, recall and per-class AP of a model on a split, with Ultralytics' validator."
     if split not in ('val', 'test', 'train'): raise KltnError(f"split must be 'val' or 'test', got '{split}'")
@@ -103,7 +104,7 @@ def evaluate(weights:str|Path|nn.Module, # a .pt (FP32 or kltn_qat), an .onnx, o
         _check_calibrated(model, weights if kind == 'kltn_qat' else None)
         set_quant_state(model, observers=False)      # ranges move in training and calibration only, never here
     args = dict(model=model if isinstance(model, str) else None, data=str(yaml_path), split=split, imgsz=imgsz,
-                batch=batch, conf=conf, iou=iou, rect=False, plots=False, save_json=False, device=device,
+                batch=batch, conf=conf, iou=iou, rect=False, plots=plots, save_json=False, device=device,
                 half=False, verbose=False, project=str(work), name='val', exist_ok=True)
     v = DetectionValidator(args=args)
     with ultralytics_ort_sessions():             # int8-activation ONNX graphs run their integer kernels here too

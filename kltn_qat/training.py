@@ -185,7 +185,7 @@ def qat_recipe(cfg:QATConfig|dict|None=None, # the `qat:` section; unset values 
                                                  f": the FP32 run used {fopt or 'another optimizer'}, its rates do not carry over"))
     r['momentum'] = (float(a['momentum']), "the FP32 model's own") if a.get('momentum') and same_family else (0.9, 'default')
     for k in ('epochs', 'batch', 'schedule', 'warmup_epochs', 'freeze_bn_epoch', 'freeze_observer_epoch', 'progressive',
-              'distill_weight', 'distill_kind', 'patience', 'select_best', 'mosaic', 'workers'):
+              'distill_weight', 'distill_kind', 'patience', 'select_best', 'select_margin', 'mosaic', 'workers'):
         r[k] = (getattr(cfg, k), 'config')
     return r
 
@@ -491,7 +491,7 @@ class QATTrainer(DetectionTrainer):
                  'train_args': _plain(vars(self.args)), 'rng': _rng_state(self.train_loader)}
         save_checkpoint(ema, last.with_name('qat_last.pt'), imgsz=self.args.imgsz, extra={**extra, 'resume': state})
         rows = self.drift_rows if self.qat_cfg.select_best else [r for r in self.drift_rows if r['stage'] != 'ptq']
-        if select_row(rows) == stage:   # strictly better than PTQ and every earlier epoch
+        if select_row(rows, self.qat_cfg.select_margin) == stage:   # better than PTQ by the margin, and than every earlier epoch
             save_checkpoint(ema, best.with_name('qat_best.pt'), imgsz=self.args.imgsz, extra=extra)
         return ok
 
@@ -542,10 +542,15 @@ def _drift_row(stage:str, m:dict|None, fitness:float|None=None)->dict:
     return {'stage': stage, 'map50': get('map50', 'metrics/mAP50(B)'), 'map50_95': get('map50_95', 'metrics/mAP50-95(B)'),
             'fitness': float('nan') if fitness is None else float(fitness)}
 
-def select_row(rows:list[dict])->str|None:
-    "The stage kept: the best validation fitness among PTQ and the QAT epochs (the earliest on a tie: QAT must beat PTQ)."
-    cand = [r for r in rows if r['stage'] != 'fp32' and r['fitness'] == r['fitness']]
-    return max(cand, key=lambda r: r['fitness'])['stage'] if cand else None   # max keeps the first of equals
+def select_row(rows:list[dict], # drift rows: fp32, ptq (optional), qat_epoch_N
+               margin:float=0.0,  # validation fitness a QAT epoch must gain over PTQ to replace it
+              )->str|None:
+    "The stage kept: PTQ, unless a QAT epoch beats its validation fitness by more than `margin`; then the best QAT epoch (the earliest of equals)."
+    ok = lambda r: r['fitness'] == r['fitness']
+    ptq = next((r for r in rows if r['stage'] == 'ptq' and ok(r)), None)
+    best = max((r for r in rows if r['stage'] not in ('fp32', 'ptq') and ok(r)), key=lambda r: r['fitness'], default=None)
+    if ptq is None: return best['stage'] if best else None
+    return best['stage'] if best and best['fitness'] > ptq['fitness'] + margin else 'ptq'
 
 def write_drift(out:str|Path, rows:list[dict], selected:str|None=None)->Path:
     "Accuracy drift FP32 → PTQ → each QAT epoch (validation mAP50, mAP50-95, fitness; which one was kept) as a CSV."
@@ -628,13 +633,14 @@ def train_qat(data:str|Path,                   # a data.yaml
            'results_csv': Path(tr.save_dir) / 'results.csv'}
     if dist.is_initialized() and dist.get_rank() != 0: return res   # rank 0 writes the run's files
     rows = getattr(tr, 'drift_rows', [])
-    res['selected'] = select_row(rows if tr.qat_cfg.select_best else [r for r in rows if r['stage'] != 'ptq']) or 'qat_epoch_last'
+    res['selected'] = select_row(rows if tr.qat_cfg.select_best else [r for r in rows if r['stage'] != 'ptq'], tr.qat_cfg.select_margin) or 'qat_epoch_last'
     res['drift_csv'] = write_drift(Path(tr.save_dir) / 'drift.csv', rows, res['selected'])
     ptq_row = next((r for r in rows if r['stage'] == 'ptq'), None)
     if res['selected'] == 'ptq':
         best_qat = max((r['map50_95'] for r in rows if r['stage'].startswith('qat_')), default=float('nan'))
-        log(f"QAT did not beat PTQ on validation (mAP50-95: PTQ {ptq_row['map50_95']:.4f}, best QAT epoch {best_qat:.4f}): "
-            f"{res['qat'].name} holds the PTQ model. Try a lower qat.lr, fewer epochs or more training images.")
+        log(f"QAT did not beat PTQ on validation by more than qat.select_margin {tr.qat_cfg.select_margin:g} "
+            f"(mAP50-95: PTQ {ptq_row['map50_95']:.4f}, best QAT epoch {best_qat:.4f}): {res['qat'].name} holds the PTQ model. "
+            "A gain inside the margin is selection noise; a loss: try a lower qat.lr, fewer epochs or more training images.")
     elif ptq_row: log(f"kept {res['selected']} (validation mAP50-95 {next(r['map50_95'] for r in rows if r['stage'] == res['selected']):.4f}, "
                       f"PTQ {ptq_row['map50_95']:.4f})")
     return res
