@@ -27,7 +27,7 @@ def main(argv=None):
     ap.add_argument('--valid', type=int, default=300); ap.add_argument('--test', type=int, default=500)
     a = ap.parse_args(argv)
     from kltn_qat.data import synth_dataset
-    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    from kltn_qat.models.ptq import calibrate_checkpoint
     from kltn_qat.evaluation import evaluate
     out = Path(a.out).absolute(); out.mkdir(parents=True, exist_ok=True)
     data = Path(a.data) if a.data else synth_dataset(out / 'data', train=400, valid=a.valid, test=a.test, seed=3, preset='quick', overwrite=True)

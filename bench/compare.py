@@ -187,7 +187,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
     # PTQ and QAT are keyed on the source of what defines the quantized model and its training, so they re-run when it changes
     qcode = src_sha(*[f'kltn_qat.{m}' for m in ('quantization.schemes', 'quantization.observers', 'quantization.fake_quantize',
                                                 'quantization.qconfig', 'quantization.fusion', 'quantization.qat_modules',
-                                                'quantization.calibration', 'models.yolov8_qat', 'training')])
+                                                'quantization.calibration', 'models.yolov8_qat', 'models.ptq', 'training')])
     def _export(src, dst):
         try: return __export(src, dst)
         except Exception as e: errors[Path(dst).stem] = f"{type(e).__name__}: {e}"; log(traceback.format_exc()); return None
@@ -198,7 +198,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
         key = {'src': src, 'src_sha1': hashlib.sha1(Path(src).read_bytes()).hexdigest()[:12], 'opset': opset, 'imgsz': imgsz, 'exporter': exporter}
         return st.run(Path(dst).stem, key, f, lambda r: [r['onnx']])['onnx']   # keyed on the checkpoint's content: a retrained model re-exports
     def _ptq():
-        from kltn_qat.quantization.calibration import calibrate_checkpoint
+        from kltn_qat.models.ptq import calibrate_checkpoint
         from kltn_qat.quantization.qconfig import QConfigMap
         t = time.time()
         p = calibrate_checkpoint(fp32_pt, data_yaml, out / 'ptq.pt', n_images=cfg.calibration.n_images, imgsz=imgsz,

@@ -42,7 +42,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.table: return report(json.loads(Path(a.table).read_text()), a, Path(a.table).parent, 0)
     from kltn_qat.data import synth_dataset
-    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    from kltn_qat.models.ptq import calibrate_checkpoint
     from kltn_qat.training import train_qat
     from kltn_qat.evaluation import evaluate
     from kltn_qat.deployment.export import export_onnx

@@ -114,7 +114,7 @@ class Study:
 
     def ptq(self, method:str='moving_average')->Path:
         "The PTQ checkpoint (64 train images, default qconfig); `moving_average` is every QAT row's start."
-        from kltn_qat.quantization.calibration import calibrate_checkpoint
+        from kltn_qat.models.ptq import calibrate_checkpoint
         p = self.out / f'ptq_{method}.pt'
         if not p.exists():
             t = time.time()

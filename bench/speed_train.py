@@ -15,7 +15,8 @@ import argparse, copy, json, os, platform, statistics, time, types
 import pandas as pd
 import torch
 from torch.profiler import profile, ProfilerActivity
-from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, set_quant_state
+from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat
+from kltn_qat.quantization.fake_quantize import set_quant_state
 from kltn_qat.quantization.fake_quantize import observing, quantizers
 from kltn_qat.evaluation import _prep_train, _dummy_batch
 

@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from ultralytics.nn.modules import Detect
 from .core import KltnError, QuantError, DataError, ConfigError, CheckpointError, get_device
 from .quantization.schemes import sqnr, fake_quantize_ref
-from .quantization.fake_quantize import FakeQuantize, quantizers
+from .quantization.fake_quantize import FakeQuantize, quantizers, set_quant_state
 from .quantization.qconfig import QConfig, QConfigMap, PRESETS
 from .quantization.fusion import bn_factor
 from .quantization.qat_modules import QConvBnAct, QConv2d, QLinear, SharedQuant
 from .quantization.calibration import calibrate, calibration_batches
-from .models.yolov8_qat import (prepare_qat, default_qconfig, set_quant_state, raw_head, output_quantizer,
+from .models.yolov8_qat import (prepare_qat, default_qconfig, raw_head, output_quantizer,
                                         load_checkpoint, load_fp32, as_qconfig_map)
 from .data import load_data_yaml, split_images
 from .evaluation import evaluate, model_kind, _check_calibrated as _check_file_calibrated

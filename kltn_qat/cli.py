@@ -180,10 +180,10 @@ def train_fp32_cmd(out:str|None=None, # the run folder, instead of --project/--n
     print(train_fp32(**out_to_run(out, kw, train_fp32)))
 
 # %% ../nbs/60_cli.ipynb #c4728bb4
-@command('calibrate', 'kltn_qat.quantization.calibration.calibrate_checkpoint', rename={'data_or_images': '--data'})
+@command('calibrate', 'kltn_qat.models.ptq.calibrate_checkpoint', rename={'data_or_images': '--data'})
 def calibrate_cmd(**kw):
     "PTQ: prepare + calibrate an FP32 model into a kltn_qat checkpoint"
-    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    from kltn_qat.models.ptq import calibrate_checkpoint
     print(calibrate_checkpoint(**kw))
 
 # %% ../nbs/60_cli.ipynb #edf69115
@@ -271,8 +271,8 @@ def benchmark_train_cmd(weights:str='yolov8n.yaml', # FP32 .pt or a model yaml
     "time of one training step, QAT vs FP32, side by side"
     import copy, torch
     from kltn_qat.evaluation import benchmark_train_step
-    from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, set_quant_state
-    from kltn_qat.quantization.fake_quantize import observing
+    from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat
+    from kltn_qat.quantization.fake_quantize import observing, set_quant_state
     fp32 = load_fp32(weights, nc=nc)
     qat = prepare_qat(fp32, qconfig)
     set_quant_state(qat, observers=True, fake_quant=True)        # QAT before the observer freeze: ranges updated every step
@@ -292,7 +292,7 @@ def benchmark_cmd(ort_peers:str|None=None, # also quantize the first (FP32) mode
     from kltn_qat.deployment.benchmark import benchmark, print_benchmark, ort_quantize_static, _named
     models = _named(kw.pop('models'))   # (name, path), names made unique
     if ort_peers:   # onnxruntime's own static PTQ of the first (FP32) model, as peers in the same table
-        from kltn_qat.quantization.calibration import image_files
+        from kltn_qat.data import image_files
         calib, ref = [str(p) for p in image_files(ort_peers)], Path(models[0][1])
         models[1:1] = [(f'ort_ptq_{k}', ort_quantize_static(ref, calib, ref.with_name(f'{ref.stem}_ort_ptq_{k}.onnx'), exclude_head=k == 'head_float'))
                        for k in ('whole', 'head_float')]

@@ -10,8 +10,8 @@ __all__ = ['CLASSES', 'RED', 'BLUE', 'YELLOW', 'WHITE', 'BLACK', 'SIGNS', 'CLASS
            'sign_max_speed', 'sign_other_prohibition', 'sign_warning', 'sign_mandatory', 'sign_sheet',
            'street_background', 'draw_distractor', 'render_sign', 'synth_frame', 'draw_labels', 'synth_dataset',
            'load_data_yaml', 'split_images', 'label_path', 'image_files', 'read_labels', 'check_image', 'read_image',
-           'DatasetReport', 'check_dataset', 'data_summary', 'check_before_use', 'prepare_data_yaml', 'print_report',
-           'plot_class_balance', 'plot_box_sizes', 'show_examples', 'plot_dataset']
+           'letterbox', 'DatasetReport', 'check_dataset', 'data_summary', 'check_before_use', 'prepare_data_yaml',
+           'print_report', 'plot_class_balance', 'plot_box_sizes', 'show_examples', 'plot_dataset']
 
 # %% ../nbs/10_data.ipynb #401d402e
 import math, re
@@ -677,6 +677,19 @@ def read_image(path:str|Path, # an image file
     im = cv2.imread(str(p))
     if im is None: raise DataError(f"{p}: unreadable or corrupt image (OpenCV cannot decode it): re-export or delete it")
     return im
+
+# %% ../nbs/10_data.ipynb #cb33f1dd
+def _hw(imgsz)->tuple[int,int]: return (imgsz, imgsz) if isinstance(imgsz, int) else tuple(int(v) for v in imgsz)
+
+def letterbox(im:np.ndarray,          # BGR uint8 image (H, W, 3), as `read_image` returns it (or grey (H, W))
+              imgsz:int|tuple=640,    # network input size (square, or (h, w))
+              scaleup:bool=True,      # enlarge small images too (Ultralytics' predictor does; its validator does not)
+             )->np.ndarray:
+    "The network input for one image: letterboxed with Ultralytics' `LetterBox`, RGB, CHW, float32 in [0, 1], shape (1, 3, h, w)."
+    from ultralytics.data.augment import LetterBox   # here, not at the top: `kltn_qat.data` loads without Ultralytics
+    if im.ndim == 2: im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
+    im = LetterBox(_hw(imgsz), auto=False, scaleup=scaleup)(image=im)
+    return np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255
 
 # %% ../nbs/10_data.ipynb #498aab7e
 @dataclass

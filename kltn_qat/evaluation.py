@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt
 from ultralytics.models.yolo.detect import DetectionValidator
 from .core import KltnError, CheckpointError, QuantError, check_file, get_device
 from .data import prepare_data_yaml, load_data_yaml, check_before_use
-from .deployment.inference import ultralytics_ort_sessions, load_onnx
-from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32, set_quant_state, fp32_train_args
-from .quantization.fake_quantize import quantizers
+from .deployment.export import ultralytics_ort_sessions, load_onnx
+from .models.yolov8_qat import read_checkpoint, load_checkpoint, load_fp32, fp32_train_args
+from .quantization.fake_quantize import quantizers, set_quant_state
 
 # %% ../nbs/40_evaluation.ipynb #70fd2791
 def _check_onnx(p:Path):

@@ -119,7 +119,7 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
 
     # PTQ
     def _ptq():
-        from kltn_qat.quantization.calibration import calibrate_checkpoint
+        from kltn_qat.models.ptq import calibrate_checkpoint
         p = calibrate_checkpoint(fp32['weights'], data_yaml, out / 'ptq.pt', n_images=cfg.calibration.n_images,
                                  imgsz=imgsz, qconfig=cfg.qconfig, batch=cfg.calibration.batch, method=cfg.calibration.method,
                                  split=cfg.calibration.split, device=cfg.device or None, trust_pickle=cfg.model.trust_pickle, log=log)
@@ -133,7 +133,8 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
 
     # how far calibration moved the head's raw outputs from FP32, on test images
     def _head():
-        from kltn_qat.quantization.calibration import calibration_batches, head_error
+        from kltn_qat.quantization.calibration import calibration_batches
+        from kltn_qat.models.ptq import head_error
         from kltn_qat.models.yolov8_qat import load_fp32, load_checkpoint
         import torch
         x = torch.cat(list(calibration_batches(data_yaml, imgsz=imgsz, batch=8, n_images=16, split=eval_split)))

@@ -35,10 +35,11 @@ import ultralytics.nn.tasks as ul_tasks
 from .core import KltnError, ConfigError, CheckpointError, check_file, get_device, set_seed, run_dir
 from .config import QATConfig, Config, from_dict, load_config, DEFAULT_QCONFIG
 from .data import prepare_data_yaml, check_before_use
-from .quantization.fake_quantize import FakeQuantize, LearnableFakeQuantize, quantizers
+from .quantization.fake_quantize import FakeQuantize, LearnableFakeQuantize, quantizers, set_quant_state
 from .quantization.observers import MovingAverageMinMaxObserver
+from .quantization.qat_modules import freeze_bn
 from .models.yolov8_qat import (prepare_qat, load_checkpoint, save_checkpoint, read_checkpoint, load_fp32, fp32_train_args,
-                                        quantizer_groups, set_quant_state, freeze_bn, layer_table, layer_summary)
+                                        quantizer_groups, layer_table, layer_summary)
 from .quantization.calibration import calibrate, calibration_batches
 
 # %% ../nbs/30_training.ipynb #cacb95d3

@@ -31,7 +31,7 @@ def test_every_command_has_help_with_defaults(capsys):
 
 def test_calibrate_defaults_are_the_functions():
     import inspect
-    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    from kltn_qat.models.ptq import calibrate_checkpoint
     r = run('calibrate', '--help')
     n = inspect.signature(calibrate_checkpoint).parameters['n_images'].default
     assert f'(default: {n})' in ' '.join(r.stdout.split()), r.stdout

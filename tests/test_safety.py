@@ -22,7 +22,7 @@ def w(tmp_path_factory):
     "A tiny dataset, an Ultralytics-format FP32 .pt, a calibrated kltn_qat checkpoint, a malicious .pt and damaged files."
     from ultralytics.nn.tasks import DetectionModel
     from kltn_qat.data import synth_dataset
-    from kltn_qat.quantization.calibration import calibrate_checkpoint
+    from kltn_qat.models.ptq import calibrate_checkpoint
     d = tmp_path_factory.mktemp('safety')
     data = synth_dataset(d / 'ds', train=8, valid=4, test=4, seed=0)
     fp32 = d / 'fp32.pt'

@@ -6,11 +6,13 @@ Docs: https://kltn-qat.github.io/kltn_qat/export.html.md"""
 
 # %% auto #0
 __all__ = ['OPSETS', 'export_copy', 'fast_dfl_forward', 'detect_export_mode', 'check_topk', 'topk_inference', 'fold_constants',
-           'pack_int4', 'share_silu_input', 'ultralytics_metadata', 'inspect_ort_graph', 'graph_table', 'float_model',
-           'check_opset', 'check_imgsz', 'quiet_ultralytics', 'export_fp32', 'export_onnx', 'fidelity']
+           'pack_int4', 'share_silu_input', 'load_onnx', 'read_onnx_metadata', 'qdq_types', 'qdq_scheme',
+           'ultralytics_metadata', 'session_options', 'ort_session_options', 'make_session', 'ultralytics_ort_sessions',
+           'inspect_ort_graph', 'graph_table', 'float_model', 'check_opset', 'check_imgsz', 'quiet_ultralytics',
+           'export_fp32', 'export_onnx', 'fidelity']
 
 # %% ../../nbs/50_export.ipynb #abf83d40
-import copy, datetime, fnmatch, os, shutil, tempfile, types, warnings
+import ast, copy, datetime, fnmatch, os, shutil, tempfile, types, warnings
 from contextlib import contextmanager
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,7 +34,7 @@ from ..quantization.schemes import sqnr
 from ..quantization.fake_quantize import FakeQuantize, freeze_quantizers, quantizers
 from ..quantization.qat_modules import QConvBnAct, QConv2d
 from ..models.yolov8_qat import load_checkpoint, load_fp32
-from .inference import make_session, letterbox, read_image, image_files, read_onnx_metadata, session_options, load_onnx, qdq_types, qdq_scheme
+from ..data import image_files, read_image, letterbox
 
 # %% ../../nbs/50_export.ipynb #d053ba45
 def _onnx_fake_quant(fq:FakeQuantize, x:Tensor)->Tensor:
@@ -222,6 +224,67 @@ def share_silu_input(model:onnx.ModelProto)->int:
                 mul.input[i] = dq1.output[0]; n_fixed += 1; break
     return n_fixed
 
+# %% ../../nbs/50_export.ipynb #e4909eed
+def load_onnx(path:str|Path,        # an .onnx file
+              what:str='ONNX model', # what it is, for the message
+             )->onnx.ModelProto:
+    "The ONNX model in `path`; a `KltnError` naming the file when it is missing, empty, truncated or not ONNX."
+    p = check_file(path, what)
+    try: m = onnx.load(str(p), load_external_data=False)
+    except Exception as e: m, why = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+    else:
+        g = m.graph
+        known = {''} | {i.name for i in g.input} | {i.name for i in g.initializer} | {i.values.name for i in g.sparse_initializer} | {o for n in g.node for o in n.output}
+        lost = next((i for n in g.node for i in n.input if i not in known), None)
+        why = 'the file holds no graph' if not g.node else f"tensor '{lost}' is used but not in the file: truncated?" if lost else None
+    if why: raise KltnError(f"{p} is not a valid ONNX model ({why}): re-export it (kltn-qat export) or copy the file again")
+    return m
+
+def read_onnx_metadata(path:str|Path)->dict:
+    "The metadata Ultralytics writes in an ONNX file's `metadata_props` (names, stride, imgsz, task, ...), parsed."
+    m = load_onnx(path)
+    d = {p.key: p.value for p in m.metadata_props}
+    for k in ('stride', 'batch', 'channels', 'topk'):
+        if k in d: d[k] = int(d[k])
+    for k in ('imgsz', 'names', 'args', 'end2end', 'kltn_qat_export', 'quantization_types'):
+        if k in d:
+            try: d[k] = ast.literal_eval(d[k])
+            except (ValueError, SyntaxError): pass
+    return d
+
+# %% ../../nbs/50_export.ipynb #4b746e74
+def _dtype_name(t:int)->str: return onnx.TensorProto.DataType.Name(t).lower()
+
+def qdq_types(model:onnx.ModelProto|str|Path, # a QDQ ONNX model or its file
+             )->dict:
+    "The integer types of a QDQ graph, counted: `activations` (what its QuantizeLinear nodes produce), `weights` (initializers its DequantizeLinear nodes read, int32 biases aside)."
+    m = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+    g = m.graph
+    dt = {i.name: i.data_type for i in g.initializer}
+    dt.update({n.output[0]: n.attribute[0].t.data_type for n in g.node if n.op_type == 'Constant' and n.attribute and n.attribute[0].name == 'value'})
+    quantized = {o for n in g.node if n.op_type == 'QuantizeLinear' for o in n.output}
+    act, w = {}, {}
+    for n in g.node:
+        if n.op_type == 'QuantizeLinear':
+            zp = n.input[2] if len(n.input) > 2 and n.input[2] else None
+            out = next((a.i for a in n.attribute if a.name == 'output_dtype' and a.i), None)
+            k = _dtype_name(dt[zp]) if zp in dt else _dtype_name(out) if out else 'uint8'
+            act[k] = act.get(k, 0) + 1
+        elif n.op_type == 'DequantizeLinear' and n.input[0] in dt and n.input[0] not in quantized:
+            k = _dtype_name(dt[n.input[0]])
+            if k != 'int32': w[k] = w.get(k, 0) + 1      # int32: a bias (onnxruntime's own quantizer writes them)
+    return {'activations': act, 'weights': w}
+
+def qdq_scheme(model:onnx.ModelProto|str|Path|dict, # a QDQ ONNX model, its file, or its `qdq_types`
+              )->str:
+    "'qdq-u8s8', 'qdq-s8s8', 'qdq-u8s4', ... (activation type, weight type) as the graph has them; 'qdq-mixed' when it mixes types; 'none' without QDQ."
+    t = model if isinstance(model, dict) else qdq_types(model)
+    a, w = t['activations'], t['weights']
+    if not a and not w: return 'none'
+    if len(a) != 1 or len(w) != 1: return 'qdq-mixed'
+    short = lambda k: ('u' if k.startswith('u') else 's') + k.lstrip('uint')
+    return f"qdq-{short(next(iter(a)))}{short(next(iter(w)))}"
+
 # %% ../../nbs/50_export.ipynb #3415c95c
 def ultralytics_metadata(model:nn.Module, imgsz:tuple[int,int], int8:bool=True,
                          types:dict|None=None,   # `qdq_types` of the written graph: the quantization fields say what it holds
@@ -241,6 +304,54 @@ def ultralytics_metadata(model:nn.Module, imgsz:tuple[int,int], int8:bool=True,
             'channels': int(model.yaml.get('channels', 3)), 'end2end': False,
             'quantization': qdq_scheme(t) if int8 else 'none', **({'quantization_types': t} if int8 else {}),
             'kltn_qat_version': kltn_version}
+
+# %% ../../nbs/50_export.ipynb #c51d541a
+def session_options(threads:int=2, # intra-op threads (cores used by one inference)
+                    optimized_path:str|Path|None=None, # write the graph after onnxruntime's optimizations here
+                    level:ort.GraphOptimizationLevel=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                    spin:bool=True,     # let idle intra-op threads spin-wait (onnxruntime's default; off for several sessions at once)
+                   )->ort.SessionOptions:
+    "onnxruntime session options for a reproducible CPU latency: `threads` intra-op, 1 inter-op, sequential."
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if not spin: so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = level
+    so.log_severity_level = 3
+    if optimized_path is not None: so.optimized_model_filepath = str(optimized_path)
+    return so
+
+# %% ../../nbs/50_export.ipynb #694fef04
+def ort_session_options(path_or_model:str|Path|onnx.ModelProto, # the model the session will run
+                        threads:int=2,                           # intra-op threads (ignored with `options`)
+                        options:ort.SessionOptions|None=None,    # your own options to amend; None: `session_options(threads, **kw)`
+                        **kw,                                    # passed to `session_options`
+                       )->ort.SessionOptions:
+    "Session options with what `path_or_model` needs for onnxruntime to run its QDQ groups as integer kernels (int8 activations: `session.qdqisint8allowed`)."
+    so = options if options is not None else session_options(threads, **kw)
+    if 'int8' in qdq_types(path_or_model)['activations']: so.add_session_config_entry('session.qdqisint8allowed', '1')
+    return so
+
+def make_session(path:str|Path, threads:int=2, providers:list|None=None, **kw)->ort.InferenceSession:
+    "An onnxruntime session on `path` (CPU unless `providers` says otherwise) with `ort_session_options`; a clear error for a bad file."
+    p = check_file(path, 'ONNX model')
+    so = ort_session_options(load_onnx(p), threads, **kw)
+    try: return ort.InferenceSession(str(p), so, providers=providers or ['CPUExecutionProvider'])
+    except Exception as e: raise KltnError(f"onnxruntime cannot load {p}: {str(e).splitlines()[0][:300]} (re-export it, or update onnxruntime)") from None
+
+# %% ../../nbs/50_export.ipynb #6511fd16
+@contextmanager
+def ultralytics_ort_sessions():
+    "Inside the block, Ultralytics' ONNX backend (`YOLO('m.onnx')`, its validator) opens its sessions with `ort_session_options`."
+    from ultralytics.nn.backends.onnx import ONNXBackend
+    init = ONNXBackend.__init__
+    def patched(self, weight, device, fp16=False, format='onnx', session_options=None):
+        if format == 'onnx' and Path(str(weight)).suffix == '.onnx' and Path(str(weight)).is_file():
+            session_options = ort_session_options(weight, options=session_options or ort.SessionOptions())
+        init(self, weight, device, fp16, format, session_options)
+    ONNXBackend.__init__ = patched
+    try: yield
+    finally: ONNXBackend.__init__ = init
 
 # %% ../../nbs/50_export.ipynb #c42e8bae
 def inspect_ort_graph(path:str|Path,   # an .onnx file
@@ -414,7 +525,7 @@ def _warn_int8_activations(out:Path, types:dict):
 def export_onnx(source:str|Path|nn.Module,  # a kltn_qat checkpoint (PTQ or QAT) or a prepared model; with int8=False also an Ultralytics .pt
                 out:str|Path,               # the .onnx file to write
                 opset:int|None=None,        # ONNX opset, 13-21 (None: 17, or 21 when 4-bit weights are stored as INT4)
-                int8:bool=True,             # False: the float model, exported by Ultralytics (`--fp32`)
+                int8:bool=True,             # the INT8 QDQ model; False: the float model, exported by Ultralytics
                 imgsz:int|None=None,        # input size (square, a multiple of the stride); None: the checkpoint's, else 640
                 fast_dfl:bool=True,         # DFL softmax on the last axis (same values, ~10% faster at 640)
                 topk:int|None=None,         # decode only the K anchors of highest class score: output (1, 4 + nc, K) (`--topk`); None: all

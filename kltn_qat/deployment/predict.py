@@ -17,9 +17,11 @@ import torch
 from torch import nn
 from ultralytics.utils.plotting import Annotator
 from ..core import KltnError, DataError, get_device
-from .inference import OnnxDetector, Detections, image_files, read_image, draw, _hw
+from ..data import image_files, read_image, _hw
+from .inference import OnnxDetector, Detections, draw
 from ..evaluation import model_kind
-from ..models.yolov8_qat import load_checkpoint, load_fp32, fp32_train_args, set_quant_state
+from ..models.yolov8_qat import load_checkpoint, load_fp32, fp32_train_args
+from ..quantization.fake_quantize import set_quant_state
 
 # %% ../../nbs/53_predict.ipynb #945b26ff
 class TorchDetector(OnnxDetector):

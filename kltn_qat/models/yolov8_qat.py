@@ -1,4 +1,4 @@
-"""Turning an Ultralytics YOLOv8 `DetectionModel` into a fake-quantized one in place: module swaps, shared scales, a float post-processing head, critical layers, switches and the kltn_qat checkpoint.
+"""Turning an Ultralytics YOLOv8 `DetectionModel` into a fake-quantized one in place: module swaps, shared scales, a float post-processing head, critical layers and the kltn_qat checkpoint.
 
 Docs: https://kltn-qat.github.io/kltn_qat/yolov8_qat.html.md"""
 
@@ -6,9 +6,9 @@ Docs: https://kltn-qat.github.io/kltn_qat/yolov8_qat.html.md"""
 
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'TRUST_ENV', 'QBottleneck', 'QC2f', 'QSPPF', 'QUpsample', 'output_quantizer', 'as_qconfig_map',
-           'check_detection_model', 'qconfig_layers', 'prepare_qat', 'set_quant_state', 'freeze_bn', 'raw_head',
-           'quantizer_groups', 'swap_table', 'default_qconfig', 'layer_table', 'layer_summary', 'save_checkpoint',
-           'read_checkpoint', 'load_checkpoint', 'safe_torch_load', 'fp32_train_args', 'load_fp32']
+           'check_detection_model', 'qconfig_layers', 'prepare_qat', 'raw_head', 'quantizer_groups', 'swap_table',
+           'default_qconfig', 'layer_table', 'layer_summary', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint',
+           'safe_torch_load', 'fp32_train_args', 'load_fp32']
 
 # %% ../../nbs/20_yolov8_qat.ipynb #d3e2d2de
 import copy, re, os, sys, pickle, zipfile, dataclasses
@@ -225,25 +225,6 @@ def _add_input_quantizers(model:DetectionModel, qc)->None:
             c.fq_in = FixedQuant(1 / (2**a.bits - 1), 0, QScheme(a.bits))
         elif output_quantizer(layers[layer.f if layer.f >= 0 else i - 1]) is None:
             c.fq_in = make_quant(a, f"model.{i}.fq_in")
-
-# %% ../../nbs/20_yolov8_qat.ipynb #dc61b599
-def set_quant_state(model:nn.Module,
-                    observers:bool|None=None,  # switch observers on/off (None: leave)
-                    fake_quant:bool|None=None, # switch fake quantization on/off (None: leave)
-                    names:list[str]|None=None, # only these quantizers (see `quantizer_groups`); None: all
-                   )->int:
-    "Switch observers and/or fake quantization of `model`'s quantizers; returns how many were switched."
-    qs = [fq for n, fq in quantizers(model) if names is None or n in set(names)]
-    for fq in qs:
-        if observers is not None: fq.enable_observer(observers)
-        if fake_quant is not None: fq.enable_fake_quant(fake_quant)
-    return len(qs)
-
-def freeze_bn(model:nn.Module, on:bool=True)->int:
-    "Freeze (or unfreeze) BN statistics of every `QConvBnAct`; returns how many layers."
-    ms = [m for m in model.modules() if isinstance(m, QConvBnAct)]
-    for m in ms: m.freeze_bn(on)
-    return len(ms)
 
 # %% ../../nbs/20_yolov8_qat.ipynb #cc4b6818
 def raw_head(out)->Tensor:

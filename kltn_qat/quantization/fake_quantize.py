@@ -6,7 +6,7 @@ Docs: https://kltn-qat.github.io/kltn_qat/fake_quantize.html.md"""
 
 # %% auto #0
 __all__ = ['fake_quantize_per_tensor', 'FakeQuantize', 'lsq_grad_factor', 'LearnableFakeQuantize', 'freeze', 'freeze_quantizers',
-           'quantizers', 'enable_observers', 'enable_fake_quant', 'observing']
+           'quantizers', 'set_quant_state', 'observing']
 
 # %% ../../nbs/04_fake_quantize.ipynb #9a345be2
 import math, copy
@@ -224,16 +224,17 @@ def quantizers(model:nn.Module)->list[tuple[str,FakeQuantize]]:
     "All `(name, FakeQuantize)` pairs of `model`."
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
 
-def enable_observers(model:nn.Module, on:bool=True, names=None)->int:
-    "Turn observers on/off in `model` (only those in `names` if given); returns how many were switched."
-    qs = [m for n, m in quantizers(model) if names is None or n in names]
-    for m in qs: m.enable_observer(on)
-    return len(qs)
-
-def enable_fake_quant(model:nn.Module, on:bool=True, names=None)->int:
-    "Turn fake quantization on/off in `model` (only those in `names` if given); returns how many were switched."
-    qs = [m for n, m in quantizers(model) if names is None or n in names]
-    for m in qs: m.enable_fake_quant(on)
+def set_quant_state(model:nn.Module,
+                    observers:bool|None=None,  # switch observers on/off (None: leave)
+                    fake_quant:bool|None=None, # switch fake quantization on/off (None: leave)
+                    names:list[str]|None=None, # only the quantizers with these module names; None: all
+                   )->int:
+    "Switch observers and/or fake quantization of `model`'s quantizers; returns how many were switched."
+    keep = None if names is None else set(names)
+    qs = [fq for n, fq in quantizers(model) if keep is None or n in keep]
+    for fq in qs:
+        if observers is not None: fq.enable_observer(observers)
+        if fake_quant is not None: fq.enable_fake_quant(fake_quant)
     return len(qs)
 
 # %% ../../nbs/04_fake_quantize.ipynb #f04a6a68
