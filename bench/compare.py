@@ -95,11 +95,11 @@ def modelopt_status(python:str|None)->tuple[bool,str]:
     return True, f"nvidia-modelopt {r.stdout.strip()} in {python}"
 
 
-def ultralytics_qat(python:str, fp32:str, data:str, cfg, seed:int, out:Path, device:str)->dict:
+def ultralytics_qat(python:str, fp32:str, data:str, cfg, seed:int, out:Path, device:str, recipe:dict)->dict:
     "Fine-tune `fp32` with Ultralytics' `quantize=8` for the same epochs / batch / LR as kltn_qat QAT, export its INT8 ONNX."
     from kltn_qat.training import qat_train_args   # the very trainer arguments kltn_qat's QAT uses (epochs, batch, LR schedule, momentum)
     q = cfg.qat
-    train = dict(data=data, quantize=8, imgsz=cfg.model.imgsz, **qat_train_args(q, cfg.fp32.lr0, cfg.fp32.optimizer),
+    train = dict(data=data, quantize=8, **qat_train_args(recipe),
                  workers=q.workers, device=device or 'cpu', seed=seed, deterministic=True, project=str(out), name=f'ultra_qat_s{seed}',
                  exist_ok=True, plots=False, amp=False, verbose=False)
     a = {'fp32': fp32, 'train': train, 'opset': cfg.export.opset, 'onnx': str(out / 'onnx' / f'ultra_qat_s{seed}.onnx')}
@@ -137,21 +137,28 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
     def _fp32():
         from kltn_qat.training import train_fp32
         f = cfg.fp32; t = time.time()
-        w = train_fp32(data_yaml, cfg.model.cfg, imgsz=imgsz, epochs=f.epochs, batch=f.batch, nbs=f.nbs, lr0=f.lr0,
+        w = train_fp32(data_yaml, cfg.model.cfg, imgsz=imgsz or 640, epochs=f.epochs, batch=f.batch, nbs=f.nbs, lr0=f.lr0,
                        optimizer=f.optimizer, warmup_epochs=f.warmup_epochs, workers=f.workers, patience=f.patience,
                        mosaic=f.mosaic, close_mosaic=f.close_mosaic, device=cfg.device, seed=cfg.seed, project=out, name='fp32')
         return {'weights': str(w), 'seconds': time.time() - t}
     if fp32: fp32_w = {'weights': str(Path(fp32).absolute())}
     else: fp32_w = st.run('fp32', {'data': data_yaml, 'model': c['model'], 'fp32': c['fp32'], 'seed': cfg.seed}, _fp32, lambda r: [r['weights']])
     fp32_pt = fp32_w['weights']
+    # the effective QAT recipe (image size, optimizer, LR from the FP32 model's own training unless the config sets them):
+    # kltn_qat's QAT, the FP32 control epoch and Ultralytics' QAT all run it
+    from kltn_qat.models.yolov8_qat import fp32_train_args
+    from kltn_qat.training import qat_recipe, recipe_lines
+    recipe = qat_recipe(cfg.qat, fp32_train_args(fp32_pt), cfg.model.imgsz)
+    imgsz = recipe['imgsz'][0]
+    log('QAT recipe:\n' + '\n'.join(recipe_lines(recipe)))
     fp32_epoch_baseline = epoch_seconds(Path(fp32_pt).parent.parent / 'results.csv')
 
     # FP32 fine-tuning control: the QAT settings without quantization, for the per-epoch time ratio (same process, same load)
     def _control():
         from kltn_qat.training import train_fp32
         q = cfg.qat; t = time.time()
-        w = train_fp32(data_yaml, fp32_pt, imgsz=imgsz, epochs=1, batch=q.batch, nbs=q.batch, lr0=cfg.fp32.lr0 * q.lr_factor,
-                       optimizer=q.optimizer or cfg.fp32.optimizer, warmup_epochs=0, workers=q.workers, mosaic=q.mosaic,
+        w = train_fp32(data_yaml, fp32_pt, imgsz=imgsz, epochs=1, batch=q.batch, nbs=q.batch, lr0=recipe['lr'][0],
+                       optimizer=recipe['optimizer'][0], warmup_epochs=0, workers=q.workers, mosaic=q.mosaic,
                        close_mosaic=0, device=cfg.device, seed=cfg.seed, project=out, name='fp32_control')
         return {'weights': str(w), 'seconds': time.time() - t, 'epoch_s': epoch_seconds(out / 'fp32_control' / 'results.csv')}
     control = st.run('fp32_control', {'fp32': fp32_pt, 'qat': c['qat'], 'imgsz': imgsz}, _control) if fp32_control else None
@@ -214,8 +221,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
         def _qat(s=s):
             from kltn_qat.training import train_qat
             t = time.time()
-            r = train_qat(data_yaml, fp32_pt, qconfig=cfg.qconfig, qat=cfg.qat, imgsz=imgsz, fp32_lr0=cfg.fp32.lr0,
-                          fp32_optimizer=cfg.fp32.optimizer, device=cfg.device, seed=s, project=out, name=f'qat_s{s}', ptq=ptq['weights'])
+            r = train_qat(data_yaml, fp32_pt, qconfig=cfg.qconfig, qat=cfg.qat, imgsz=imgsz, device=cfg.device, seed=s, project=out, name=f'qat_s{s}', ptq=ptq['weights'])
             return {'weights': str(r['qat']), 'seconds': time.time() - t, 'epoch_s': epoch_seconds(r['results_csv'])}
         try:
             qat[s] = st.run(f'kltn_qat_s{s}', {'ptq': k_ptq, 'qat': c['qat'], 'seed': s}, _qat, lambda r: [r['weights']])
@@ -227,7 +233,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
     if ok:
         notes.append(f"Ultralytics QAT ran with {why}")
         for s in (seeds if ultra_seeds is None else ultra_seeds):
-            def _ultra(s=s): return ultralytics_qat(ultra_python, fp32_pt, data_yaml, cfg, s, out, cfg.device)
+            def _ultra(s=s): return ultralytics_qat(ultra_python, fp32_pt, data_yaml, cfg, s, out, cfg.device, recipe)
             try:
                 r = st.run(f'ultra_qat_s{s}', {'fp32': fp32_pt, 'data': data_yaml, 'qat': c['qat'], 'seed': s, 'imgsz': imgsz}, _ultra,
                            lambda r: [r['onnx']])
@@ -280,7 +286,7 @@ def compare(cfg, out:Path, seeds:list[int], fp32:str|None=None, data:str|None=No
                         'size_mb': round(Path(p).stat().st_size / 2**20, 3) if p.endswith('.onnx') else None,
                         'int8_initializers': int8_inits(p) if p.endswith('.onnx') else None,
                         'tune_s': tune, 'epoch_s': ep, 'images': e.get('images'), 'error': e.get('error')}
-    res = {'command': ' '.join(shlex.quote(a) for a in sys.argv), 'config': c, 'data': data_yaml, 'fp32': fp32_pt,
+    res = {'command': ' '.join(shlex.quote(a) for a in sys.argv), 'config': c, 'imgsz': imgsz, 'recipe': {k: v[0] for k, v in recipe.items()}, 'data': data_yaml, 'fp32': fp32_pt,
            'seeds': seeds, 'calibration_images': len(calib),
            'fp32_epoch_s': {'used': fp32_epoch, 'control_1_epoch': (control or {}).get('epoch_s'), 'baseline_training': fp32_epoch_baseline},
            'fp32_onnx_fast_dfl': fx.get('fast_dfl'), 'exporter_sha1': exporter, 'per_model': per_model, 'benchmark_settings': bench['settings'],
@@ -351,7 +357,7 @@ def markdown(res:dict)->str:
             f"ultralytics {m0['ultralytics']}, GPU: {m0.get('gpu') or 'none'}. Load average (1 min) {m0['loadavg'][0]} at start, "
             f"{m1['loadavg'][0]} at the end; during the latency benchmark {b.get('loadavg', ['?'])[0]} → {b.get('loadavg_end', ['?'])[0]}. "
             f"{m0['time']}.", '',
-            f"Setup: config `{c['name']}`, {c['model']['imgsz']} px, FP32 `{res['fp32']}`, QAT {c['qat']['epochs']} epochs × "
+            f"Setup: config `{c['name']}`, {res.get('imgsz') or c['model']['imgsz']} px, FP32 `{res['fp32']}`, QAT {c['qat']['epochs']} epochs × "
             f"{len(res['seeds'])} seeds ({', '.join(map(str, res['seeds']))}), calibration {res['calibration_images']} train images "
             f"(the same for onnxruntime and kltn_qat PTQ). mAP on the test split ({ev.get('images', '?')} images) with the same "
             f"Ultralytics validator for every model. Latency: onnxruntime CPU, {b.get('threads')} threads, batch 1, median of "
