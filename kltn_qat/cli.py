@@ -243,12 +243,18 @@ def train_qat_cmd(config:str|None=None, # study config YAML (its qat:, qconfig:,
 
 # %% ../nbs/60_cli.ipynb #211f465b
 @command('export', 'kltn_qat.deployment.export.export_onnx', rename={'source': '--weights', 'int8': '--fp32', 'show_graph': '--inspect'},
-         skip=('inspect',), choices={'act_dtype': ('auto', 'uint8', 'int8')}, safety=True)
+         skip=('inspect',), choices={'act_dtype': ('auto', 'uint8', 'int8'), 'target': ('onnxruntime', 'openvino')}, safety=True)
 def export_cmd(show_graph:bool=False, # print what onnxruntime runs after optimization (integer vs float convs)
+               target:str='onnxruntime', # the runtime the INT8 file is laid out for: 'openvino' drops the Q/DQ inside SiLUs (54_openvino; slow in onnxruntime)
                **kw):
     "ONNX export: INT8 QDQ from a kltn_qat checkpoint, or FP32 (--fp32)"
     from kltn_qat.deployment.export import export_onnx, inspect_ort_graph
+    if target == 'openvino' and not kw.get('int8', True):
+        raise KltnError("--target openvino rewrites the Q/DQ placement of an INT8 file; an FP32 export (--fp32) runs in OpenVINO as it is")
     p = export_onnx(**kw)
+    if target == 'openvino':
+        from kltn_qat.deployment.openvino import to_openvino_placement
+        p = to_openvino_placement(p, p)
     print(p)
     if show_graph: print(json.dumps(inspect_ort_graph(p), indent=1, default=str))
 
