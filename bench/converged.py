@@ -53,11 +53,11 @@ def main(argv=None):
     rows['fp32'] = score(a.model, 'fp32')
     ptq = calibrate_checkpoint(a.model, data, out / 'ptq.pt')
     rows['ptq'] = score(ptq, 'ptq'); rows['ptq_onnx_int8'] = score(export_onnx(ptq, out / 'ptq_int8.onnx'), 'ptq_onnx')
+    qat = {'epochs': a.epochs, **({} if a.select_margin is None else {'select_margin': a.select_margin})}
     for n in a.subsets:
         d = subset_yaml(data, n, out / f'data_{n}') if n else data
         for s in a.seeds:
             k = f"qat_{n or 'all'}_seed{s}"
-            qat = {'epochs': a.epochs, **({} if a.select_margin is None else {'select_margin': a.select_margin})}
             r = train_qat(d, a.model, qat=qat, seed=s, project=out, name=k, exist_ok=True, ptq=ptq)
             rows[k] = {**score(r['qat'], k), 'selected': r['selected']}
             rows[k + '_onnx_int8'] = score(export_onnx(r['qat'], out / f'{k}_int8.onnx'), k + '_onnx')
