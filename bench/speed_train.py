@@ -5,9 +5,14 @@ and the process CPU time of each step (the CPU time is the figure least disturbe
 with --threads 1 it does not count threads waiting for each other either):
   fp32                      the FP32 model
   qat_torch_kernel          QAT, observers frozen, PyTorch's per-tensor fake-quant kernel (as before issue 16)
-  qat                       QAT, observers frozen, `fake_quantize_per_tensor` (the project's default since issue 16)
-  qat_observers_on          QAT before the observer freeze (ranges updated every step), the project's default
-With --profile, torch.profiler's table of the first three (one step each) follows.
+  qat_bool_backward         QAT, observers frozen, the vectorized kernel with its first backward (`grad * bool_mask`)
+  qat                       QAT, observers frozen, `fake_quantize_per_tensor` as it is now (backward: `grad * mask` as bytes)
+  qat_observers_on          QAT before the observer freeze (ranges updated every step)
+  fp32_bn_frozen            the FP32 model with its BN layers on running statistics: the like-for-like reference of the next row
+  qat_default_recipe        QAT as `train_qat` runs it with the default config (qat.freeze_bn_epoch 0, freeze_observer_epoch 0):
+                            BN and observers frozen, each layer one convolution with the folded, quantized weight
+The first four keep BN on batch statistics (the layer divides the BN factor back out and normalizes), as FP32 training does.
+With --profile, torch.profiler's table of fp32, qat_torch_kernel, qat and qat_default_recipe (one step each) follows.
 
     python bench/speed_train.py --weights bench/models/quick_converged_yolov8n.pt --imgsz 640 --batch 8 --steps 3
 """
@@ -17,7 +22,8 @@ import torch
 from torch.profiler import profile, ProfilerActivity
 from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat
 from kltn_qat.quantization.fake_quantize import set_quant_state
-from kltn_qat.quantization.fake_quantize import observing, quantizers
+from kltn_qat.quantization.fake_quantize import observing, quantizers, _FakeQuantPerTensor
+from kltn_qat.quantization.qat_modules import freeze_bn
 from kltn_qat.evaluation import _prep_train, _dummy_batch
 
 
@@ -29,6 +35,21 @@ def native_fake_quant(self, x):
     return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, s.qmin, s.qmax)
 
 
+class _BoolBackward(_FakeQuantPerTensor):
+    "The vectorized kernel with the backward it had first: the bool mask multiplied in (PyTorch converts it to float)."
+    @staticmethod
+    def backward(ctx, grad):
+        mask, = ctx.saved_tensors
+        return grad * mask, None, None, None, None
+
+
+def bool_backward_fake_quant(self, x):
+    s = self.scheme
+    if s.per_channel:
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.ndim, s.qmin, s.qmax)
+    return _BoolBackward.apply(x, self.scale, self.zero_point, s.qmin, s.qmax)
+
+
 def cpu_flags():
     "The SIMD flags the timings depend on."
     try: flags = next(l for l in open('/proc/cpuinfo') if l.startswith('flags')).split()
@@ -36,10 +57,13 @@ def cpu_flags():
     return [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_int8') if f in flags]
 
 
-def train_steps(models:dict, imgsz:int, batch:int, steps:int, warmup:int)->pd.DataFrame:
+def train_steps(models:dict, imgsz:int, batch:int, steps:int, warmup:int, bn_eval:tuple=())->pd.DataFrame:
     "Wall and CPU time of one training step (forward + loss + backward + SGD) per model, interleaved; ratios to the first."
     dev = torch.device('cpu')
     ms = {k: _prep_train(m, dev) for k, m in models.items()}
+    for k in bn_eval:   # float BN layers on running statistics: the FP32 counterpart of a BN freeze
+        for mod in ms[k].modules():
+            if isinstance(mod, torch.nn.BatchNorm2d): mod.eval()
     b = _dummy_batch(batch, imgsz, int(next(iter(ms.values())).model[-1].nc), dev)
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5) for k, m in ms.items()}
     wall, cpu = {k: [] for k in ms}, {k: [] for k in ms}
@@ -71,9 +95,13 @@ def main():
     set_quant_state(frozen, observers=False)
     native = copy.deepcopy(frozen)
     for _, fq in quantizers(native): fq._fake_quant = types.MethodType(native_fake_quant, fq)
-    models = {'fp32': fp32, 'qat_torch_kernel': native, 'qat': frozen, 'qat_observers_on': qat_on}
+    boolb = copy.deepcopy(frozen)
+    for _, fq in quantizers(boolb): fq._fake_quant = types.MethodType(bool_backward_fake_quant, fq)
+    recipe = copy.deepcopy(frozen); freeze_bn(recipe, True)
+    models = {'fp32': fp32, 'qat_torch_kernel': native, 'qat_bool_backward': boolb, 'qat': frozen, 'qat_observers_on': qat_on,
+              'fp32_bn_frozen': fp32, 'qat_default_recipe': recipe}
     info0 = os.getloadavg()[0]
-    df = train_steps(models, a.imgsz, a.batch, a.steps, a.warmup)
+    df = train_steps(models, a.imgsz, a.batch, a.steps, a.warmup, bn_eval=('fp32_bn_frozen',))
     info = {'cpu': platform.processor() or next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?'),
             'cpu_flags': cpu_flags(), 'cores': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
             'imgsz': a.imgsz, 'batch': a.batch, 'steps': a.steps, 'loadavg': [info0, os.getloadavg()[0]]}
@@ -81,7 +109,7 @@ def main():
     if a.json: open(a.json, 'w').write(json.dumps({'settings': info, 'rows': df.reset_index().to_dict(orient='records')}, indent=1))
     if a.profile:
         b = _dummy_batch(a.batch, a.imgsz, int(fp32.model[-1].nc), torch.device('cpu'))
-        for name in ('fp32', 'qat_torch_kernel', 'qat'):
+        for name in ('fp32', 'qat_torch_kernel', 'qat', 'qat_default_recipe'):
             m = _prep_train(models[name], torch.device('cpu'))
             opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5)
             def step(): opt.zero_grad(); loss, _ = m.loss(b); loss.sum().backward(); opt.step()

@@ -274,18 +274,20 @@ def benchmark_train_cmd(weights:str='yolov8n.yaml', # FP32 .pt or a model yaml
                         qconfig:str='w8a8',        # preset name or YAML file of the QAT model
                         json_out:str|None=None,    # also write the table here
                         **kw):
-    "time of one training step, QAT vs FP32, side by side"
+    "time of one training step, QAT (three quantizer/BN states) vs FP32, side by side"
     import copy, torch
     from kltn_qat.evaluation import benchmark_train_step
     from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat
     from kltn_qat.quantization.fake_quantize import observing, set_quant_state
+    from kltn_qat.quantization.qat_modules import freeze_bn
     fp32 = load_fp32(weights, nc=nc)
     qat = prepare_qat(fp32, qconfig)
-    set_quant_state(qat, observers=True, fake_quant=True)        # QAT before the observer freeze: ranges updated every step
+    set_quant_state(qat, observers=True, fake_quant=True)        # ranges updated every step, BN on batch statistics
     frozen = copy.deepcopy(qat).eval()
     with torch.no_grad(), observing(frozen): frozen(torch.rand(2, 3, kw['imgsz'], kw['imgsz']))
-    set_quant_state(frozen, observers=False)                       # ... and after it: fixed ranges
-    df = benchmark_train_step({'fp32': fp32, 'qat': qat, 'qat_observers_frozen': frozen}, **kw)
+    set_quant_state(frozen, observers=False)                       # fixed ranges, BN still on batch statistics
+    recipe = copy.deepcopy(frozen); freeze_bn(recipe)              # the default recipe (qat.freeze_bn_epoch 0, freeze_observer_epoch 0)
+    df = benchmark_train_step({'fp32': fp32, 'qat_observers_on': qat, 'qat_observers_frozen': frozen, 'qat_default_recipe': recipe}, **kw)
     print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     if json_out: Path(json_out).write_text(df.reset_index().to_json(orient='records', indent=1))
 

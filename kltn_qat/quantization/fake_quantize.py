@@ -34,7 +34,7 @@ class _FakeQuantPerTensor(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad:Tensor):
         mask, = ctx.saved_tensors
-        return grad * mask, None, None, None, None
+        return grad * mask.view(torch.uint8), None, None, None, None   # bytes, not bools: the vectorized multiply
 
 def fake_quantize_per_tensor(x:Tensor,          # float32 input
                              scale:Tensor,      # one scale
