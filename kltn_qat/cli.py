@@ -233,7 +233,7 @@ def train_qat_cmd(config:str|None=None, # study config YAML (its qat:, qconfig:,
     if kw.get('resume'):
         check_resume_flags(Path(kw['project']).absolute() / kw['name'],
                            {'--config': config, '--epochs': epochs, '--batch': batch, '--lr': lr, '--imgsz': kw.get('imgsz'),
-                            '--device': kw.get('device'), '--ptq': kw.get('ptq'), '--exist-ok': kw.get('exist_ok'), '--strict': kw.get('strict')})
+                            '--device': kw.get('device'), '--ptq': kw.get('ptq'), '--teacher': kw.get('teacher'), '--exist-ok': kw.get('exist_ok'), '--strict': kw.get('strict')})
     elif not (kw.get('data') and kw.get('weights')): raise ConfigError("train-qat needs --data and --weights (or --resume to continue a run)")
     cfg = qat_settings(config, epochs, batch, lr)
     res = train_qat(**{**kw, 'imgsz': kw.get('imgsz') or cfg.model.imgsz, 'trust_pickle': kw.get('trust_pickle') or cfg.model.trust_pickle},

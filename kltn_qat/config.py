@@ -83,6 +83,7 @@ class QATConfig:
     patience:int|None=None        # early stopping: stop after this many epochs without a better validation fitness
     select_best:bool=True         # keep the best of {PTQ, QAT epochs} on validation (False: the last QAT epoch)
     select_margin:float=0.005     # mAP50-95 a QAT epoch must gain over PTQ on validation to replace it (selection noise)
+    activation:str=''             # '' keeps the FP32 model's activations; 'relu' swaps every SiLU for ReLU before calibration (faster INT8, must be trained: configs/relu.yaml)
 
 @dataclass
 class ExportConfig:

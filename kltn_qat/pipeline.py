@@ -145,7 +145,9 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     def _qat():
         from kltn_qat.training import train_qat
         r = train_qat(data_yaml, fp32['weights'], qconfig=cfg.qconfig, qat=cfg.qat, imgsz=imgsz, device=cfg.device, seed=cfg.seed,
-                      project=out, name='qat', exist_ok=True, ptq=ptq['weights'], trust_pickle=cfg.model.trust_pickle, log=log)
+                      project=out, name='qat', exist_ok=True,
+                      ptq=None if cfg.qat.activation else ptq['weights'],   # a swapped network is calibrated by train_qat itself
+                      trust_pickle=cfg.model.trust_pickle, log=log)
         return {k: str(v) for k, v in r.items()}
     k_qat = {**k_ptq, 'qat': c['qat']}
     qat = st.run('qat', k_qat, _qat, lambda r: [r['qat']])
@@ -211,6 +213,7 @@ def run_pipeline(config:str|Path|Config|None='configs/quick.yaml', # study confi
     mem = {r.get('name'): {c: r.get(c) for c in ('model_rss_mb', 'peak_rss_mb')} for r in bench}
     metrics = {'models': {k: {**_m(ev.get(k), lat.get(k), _size(w)), **mem.get(k, {})} for k, w in models.items()},
                'baseline_warning': verdict, 'imgsz': imgsz, 'qat_selected': qat.get('selected'),
+               'qat_activation': cfg.qat.activation, 'qat_warning': qat.get('warning'),
                'ptq_head_error': head, 'fidelity': fid, 'config': c, 'dataset': ds['summary'], 'benchmark': bench,
                'machine': {'platform': platform.platform(), 'cpus': os.cpu_count(), 'device': str(get_device(cfg.device or None))},
                'stages_run': st.ran, 'seconds': round(time.time() - t0, 1)}
@@ -260,12 +263,19 @@ def plot_per_class(ev:dict, models=('fp32', 'ptq', 'qat', 'qat_onnx_int8'), ax=N
     ax.figure.tight_layout()
     return ax
 
-def selection_line(selected:str|None)->str:
+def selection_line(selected:str|None, # the `selected` stage of the QAT run ('ptq', 'qat_epoch_3', ...)
+                   activation:str='',   # `qat.activation`: the QAT network's swapped activation ('' none)
+                   warning:str|None=None, # the QAT run's warning, if it gave one
+                  )->str:
     "Which model `qat_best.pt` (and so `qat_onnx_int8`) holds, and why."
     if not selected: return ''
-    if selected == 'ptq': return ("Exported as `qat`: **the PTQ model** — no QAT epoch beat it on the validation split "
-                                  "by more than `qat.select_margin` (see the drift plot); the QAT epochs are in `qat/weights/qat_last.pt`.")
-    return f"Exported as `qat`: **{selected}**, the best validation fitness among the QAT epochs, above PTQ's by more than `qat.select_margin`."
+    if selected == 'ptq': s = ("Exported as `qat`: **the PTQ model** — no QAT epoch beat it on the validation split "
+                               "by more than `qat.select_margin` (see the drift plot); the QAT epochs are in `qat/weights/qat_last.pt`.")
+    else: s = f"Exported as `qat`: **{selected}**, the best validation fitness among the QAT epochs, above PTQ's by more than `qat.select_margin`."
+    if activation: s += (f" The `qat` rows are a **{activation} network** (`qat.activation: {activation}`): every SiLU swapped and the "
+                         f"network trained with the FP32 model as teacher; the PTQ that selection compared against is the swapped "
+                         f"network's own, while the `ptq` rows are the SiLU model's.")
+    return s + (f"\n\n> **QAT warning: {warning}**" if warning else '')
 
 def write_report(out:Path, metrics:dict, ev:dict, qat:dict)->Path:
     "Write `report.md` and its plots into `out`."
@@ -282,7 +292,7 @@ def write_report(out:Path, metrics:dict, ev:dict, qat:dict)->Path:
     c = metrics['config']
     md = [f"# kltn_qat study: {c['name']}", '']
     if metrics.get('baseline_warning'): md += [f"> **{metrics['baseline_warning']}**", '']
-    md += [selection_line(metrics.get('qat_selected')), '',
+    md += [selection_line(metrics.get('qat_selected'), metrics.get('qat_activation', ''), metrics.get('qat_warning')), '',
           f"Produced by `kltn-qat pipeline` in {metrics['seconds']:.0f} s on {metrics['machine']['platform']} "
           f"({metrics['machine']['cpus']} CPUs, {metrics['machine']['device']}). Evaluated on the "
           f"`{ev['fp32']['split']}` split ({ev['fp32']['images']} images) at {ev['fp32']['imgsz']} px; latency: onnxruntime, "
@@ -318,4 +328,4 @@ def results_markdown(metrics:dict|str|Path, # a run's metrics.json (or its conte
     "The models table of a run (`metrics.json` or its dict) as Markdown, and the PTQ head SQNR."
     m = json.loads(Path(metrics).read_text()) if not isinstance(metrics, dict) else metrics
     warn = f"> **{m['baseline_warning']}**" if m.get('baseline_warning') else ''
-    return '\n\n'.join(filter(None, [warn, _md_table(metrics_table(m)), selection_line(m.get('qat_selected')), head_line(m)]))
+    return '\n\n'.join(filter(None, [warn, _md_table(metrics_table(m)), selection_line(m.get('qat_selected'), m.get('qat_activation', ''), m.get('qat_warning')), head_line(m)]))

@@ -39,7 +39,7 @@ from .quantization.fake_quantize import FakeQuantize, LearnableFakeQuantize, qua
 from .quantization.observers import MovingAverageMinMaxObserver
 from .quantization.qat_modules import freeze_bn
 from .models.yolov8_qat import (prepare_qat, load_checkpoint, save_checkpoint, read_checkpoint, load_fp32, fp32_train_args,
-                                        quantizer_groups, layer_table, layer_summary)
+                                        quantizer_groups, layer_table, layer_summary, swap_activation, model_activation, ACTIVATIONS)
 from .quantization.calibration import calibrate, calibration_batches
 
 # %% ../nbs/30_training.ipynb #cacb95d3
@@ -138,6 +138,8 @@ def check_qat_config(cfg:QATConfig|dict|None)->QATConfig:
     if cfg.schedule not in ('cosine', 'linear'): raise ConfigError(f"'qat.schedule' must be 'cosine' or 'linear', got '{cfg.schedule}'")
     if cfg.distill_kind not in ('logit', 'feature', 'both'): raise ConfigError(f"'qat.distill_kind' must be logit, feature or both, got '{cfg.distill_kind}'")
     if cfg.distill_weight < 0: raise ConfigError(f"'qat.distill_weight' must be >= 0, got {cfg.distill_weight}")
+    if cfg.activation not in ('', *ACTIVATIONS):
+        raise ConfigError(f"'qat.activation' must be '' (keep the model's) or one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
     for i, st in enumerate(cfg.progressive):
         w = f"qat.progressive[{i}]"
         if not isinstance(st, dict) or set(st) - {'epoch', 'enable'} or 'epoch' not in st or 'enable' not in st:
@@ -186,7 +188,7 @@ def qat_recipe(cfg:QATConfig|dict|None=None, # the `qat:` section; unset values 
                                                  f": the FP32 run used {fopt or 'another optimizer'}, its rates do not carry over"))
     r['momentum'] = (float(a['momentum']), "the FP32 model's own") if a.get('momentum') and same_family else (0.9, 'default')
     for k in ('epochs', 'batch', 'schedule', 'warmup_epochs', 'freeze_bn_epoch', 'freeze_observer_epoch', 'progressive',
-              'distill_weight', 'distill_kind', 'patience', 'select_best', 'select_margin', 'mosaic', 'workers'):
+              'distill_weight', 'distill_kind', 'patience', 'select_best', 'select_margin', 'mosaic', 'workers', 'activation'):
         r[k] = (getattr(cfg, k), 'config')
     return r
 
@@ -581,6 +583,7 @@ def train_qat(data:str|Path,                   # a data.yaml
               resume:bool=False,               # continue the killed run `project/name`
               ptq:str|Path|None=None,          # start from this calibrated kltn_qat checkpoint instead of calibrating
               trust_pickle:bool=False,         # unpickle `weights` fully (only a file you trust)
+              teacher:str|Path|None=None,      # FP32 .pt the distillation loss learns from and the `fp32` drift row scores (default: `weights`)
               strict:bool=False,               # refuse a dataset with any broken image or label
               log=print,
              )->dict:
@@ -595,6 +598,7 @@ def train_qat(data:str|Path,                   # a data.yaml
         ptq = Path(tr.args.pretrained)
     else:
         cfg = check_qat_config(qat)
+        if teacher is not None: check_file(teacher, 'FP32 teacher', "the .pt of the float model to distil from; leave it out to use --weights")
         recipe = qat_recipe(cfg, fp32_train_args(weights, trust=trust_pickle), imgsz)
         isz = recipe['imgsz'][0]
         out = run_dir(project, name, exist_ok)
@@ -609,8 +613,15 @@ def train_qat(data:str|Path,                   # a data.yaml
                 qmodel, pinfo = load_checkpoint(ptq)
                 cal = pinfo['extra'].get('calibration', {})
                 if not cal: raise CheckpointError(f"{ptq} records no calibration: make it with `kltn-qat calibrate`")
+                if cfg.activation and model_activation(qmodel) != cfg.activation:
+                    raise ConfigError(f"{ptq} holds a {model_activation(qmodel)} network, but qat.activation is {cfg.activation!r}: "
+                                      "leave out the PTQ checkpoint (train_qat swaps and calibrates the network itself)")
             else:
-                qmodel = prepare_qat(load_fp32(weights, trust=trust_pickle), DEFAULT_QCONFIG if qconfig is None else qconfig)
+                fp = load_fp32(weights, trust=trust_pickle)
+                if cfg.activation:
+                    fp = swap_activation(fp, cfg.activation)
+                    log(f"every SiLU swapped for {cfg.activation} (qat.activation): training the swapped network, the FP32 model is the teacher")
+                qmodel = prepare_qat(fp, DEFAULT_QCONFIG if qconfig is None else qconfig)
                 t0 = time.time()
                 calibrate(qmodel, calibration_batches(data, imgsz=isz, batch=calib_batch, n_images=calib_images, split='train'),
                           method=calib_method)
@@ -622,7 +633,7 @@ def train_qat(data:str|Path,                   # a data.yaml
             (out / 'recipe.txt').write_text('\n'.join(recipe_lines(recipe)) + '\n')
             ptq = save_checkpoint(qmodel, out / 'ptq.pt', imgsz=isz,
                                   extra={'qat': asdict(cfg), 'recipe': _plain(recipe), 'calibration': cal, 'trust_pickle': trust_pickle,
-                                         'teacher': str(Path(weights).absolute()) if str(weights).endswith('.pt') else None})
+                                         'teacher': str(Path(teacher or weights).absolute()) if str(teacher or weights).endswith('.pt') else None})
         if ddp:
             paths = [data, ptq]; dist.broadcast_object_list(paths, src=0); data, ptq = paths
         tr = QATTrainer(overrides=dict(model=str(ptq), pretrained=str(ptq), data=str(data), **qat_train_args(recipe),
@@ -644,6 +655,11 @@ def train_qat(data:str|Path,                   # a data.yaml
             "A gain inside the margin is selection noise; a loss: try a lower qat.lr, fewer epochs or more training images.")
     elif ptq_row: log(f"kept {res['selected']} (validation mAP50-95 {next(r['map50_95'] for r in rows if r['stage'] == res['selected']):.4f}, "
                       f"PTQ {ptq_row['map50_95']:.4f})")
+    fp32_row, kept = next((r for r in rows if r['stage'] == 'fp32'), None), next((r for r in rows if r['stage'] == res['selected']), None)
+    if tr.qat_cfg.activation and fp32_row and kept and kept['map50_95'] < fp32_row['map50_95'] - 0.003:
+        res['warning'] = (f"the {tr.qat_cfg.activation} network ({res['selected']}) scores {100 * (fp32_row['map50_95'] - kept['map50_95']):.2f} "
+                          f"mAP50-95 points below its FP32 teacher on validation: train it longer (qat.epochs, configs/relu.yaml) or keep SiLU")
+        log('WARNING: ' + res['warning'])
     return res
 
 

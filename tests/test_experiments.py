@@ -41,6 +41,8 @@ CASES = {
                     dict(w=lambda l: 'int16' if _stem(l) else 'int8', w_scheme=W8, a='uint8', qlinear=55, lr=QUICK_LR, epochs=2)),
     'distill':     ('quick.yaml', {'qat': {'distill_weight': 1.0}},
                     dict(w=lambda l: 'int16' if _stem(l) else 'int8', w_scheme=W8, a='uint8', qlinear=55, lr=QUICK_LR)),
+    'relu':        ('relu.yaml', {},   # every SiLU swapped for ReLU: its own recipe (lr_factor 0.5 of the FP32 lr0)
+                    dict(w=lambda l: 'int16' if _stem(l) else 'int8', w_scheme=W8, a='uint8', qlinear=55, lr=FP32_ARGS['lr0'] * 0.5)),
     'int16':       ('quick.yaml', {'qconfig': {'preset': 'int16'}},
                     dict(w=lambda l: 'int16', w_scheme=W16, a='uint16', qlinear=0, lr=QUICK_LR)),
 }
@@ -172,6 +174,21 @@ def test_training_feature_is_on(shared, name):
     if ref is not None:
         sd = last['state_dict']
         assert any(not torch.equal(sd[k], ref[k]) for k in sd if k.endswith('conv.weight')), "distillation changed nothing"
+
+def test_relu_network_is_what_ships(shared):
+    "qat.activation relu: the QAT model and its INT8 ONNX are a ReLU network learning from the SiLU model; PTQ stays SiLU; the report says so."
+    import onnx
+    from kltn_qat.models.yolov8_qat import load_checkpoint, read_checkpoint
+    from kltn_qat.quantization.qat_modules import QConvBnAct
+    out, m, _ = run_case(shared, 'relu')
+    model, info = load_checkpoint(out / 'qat' / 'weights' / 'qat_best.pt')
+    assert {q.act for q in model.modules() if isinstance(q, QConvBnAct)} == {'relu'}
+    assert {q.act for q in load_checkpoint(out / 'ptq.pt')[0].modules() if isinstance(q, QConvBnAct)} == {'silu'}
+    last = read_checkpoint(out / 'qat' / 'weights' / 'qat_last.pt')['extra']
+    assert last['qat']['activation'] == 'relu' and last['qat']['distill_weight'] == 1.0 and Path(last['teacher']) == shared['fp32']
+    ops = lambda f: [n.op_type for n in onnx.load(str(out / 'onnx' / f)).graph.node]
+    assert ops('qat_int8.onnx').count('Sigmoid') == 1 and ops('ptq_int8.onnx').count('Sigmoid') == 58   # the head's class scores only
+    assert m['qat_activation'] == 'relu' and 'relu network' in (out / 'report.md').read_text()
 
 def test_matrix_runtime(shared):
     "Keeps the lane honest: the times of the cases that ran (printed with -s)."
