@@ -24,13 +24,11 @@ BENCH = Path(__file__).resolve().parent
 
 
 def swapped_checkpoint(src:Path, dst:Path)->Path:
-    "An Ultralytics .pt like `src` whose model has every SiLU replaced by ReLU, its yaml saying so (no EMA), readable by `load_fp32`."
+    "An Ultralytics .pt like `src` holding `swap_activation(model)` (every SiLU a ReLU, the yaml saying so; no EMA), readable by `load_fp32`."
     import torch
-    from speed_silu import relu_copy
+    from kltn_qat.models.yolov8_qat import swap_activation
     ck = torch.load(src, map_location='cpu', weights_only=False)
-    m = relu_copy(ck['model'])
-    m.yaml = {**m.yaml, 'activation': 'nn.ReLU()'}   # what kltn_qat checkpoints rebuild the network from (Ultralytics' own key)
-    ck['model'], ck['ema'] = m, None
+    ck['model'], ck['ema'] = swap_activation(ck['model'], 'relu'), None
     torch.save(ck, dst); return dst
 
 

@@ -13,22 +13,13 @@ Two rewrites of the SiLU network's INT8 file try to make the integer SiLU cheape
 
     python bench/speed_silu.py --weights bench/models/quick_converged_yolov8n.pt --data DATA/data.yaml --out /tmp/silu
 """
-import argparse, copy
+import argparse
 from pathlib import Path
 import pandas as pd
-from torch import nn
-from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat
+from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, swap_activation
 from kltn_qat.quantization.calibration import calibrate
 from kltn_qat.deployment.export import export_fp32, export_onnx, inspect_ort_graph
 from kltn_qat.deployment.benchmark import benchmark, print_benchmark, op_profile
-
-
-def relu_copy(model:nn.Module)->nn.Module:
-    "A copy of an Ultralytics model with every SiLU replaced by a ReLU."
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if isinstance(getattr(mod, 'act', None), nn.SiLU): mod.act = nn.ReLU()
-    return m
 
 
 def _graph(path):
@@ -95,7 +86,7 @@ def main():
     ap.add_argument('--runs', type=int, default=40); ap.add_argument('--qconfig', default='w8a8')
     a = ap.parse_args()
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    fp32 = load_fp32(a.weights); relu = relu_copy(fp32)
+    fp32 = load_fp32(a.weights); relu = swap_activation(fp32, 'relu')
     files = {}
     for name, m in (('silu', fp32), ('relu', relu)):
         files[f'fp32_{name}'] = export_fp32(m, out/f'fp32_{name}.onnx', imgsz=a.imgsz, fast_dfl=True, topk=a.topk)
