@@ -41,6 +41,7 @@ def main(argv=None):
     ap.add_argument('--distill', type=float, default=1.0, help='qat.distill_weight (logit distillation from the SiLU model)')
     ap.add_argument('--seed', type=int, default=0); ap.add_argument('--runs', type=int, default=30)
     ap.add_argument('--speed-imgsz', type=int, default=640); ap.add_argument('--results', default=None)
+    ap.add_argument('--freeze-epoch', type=int, default=None, help='qat.freeze_bn_epoch and freeze_observer_epoch (default: the last epoch)')
     ap.add_argument('--control', action='store_true', help='also run the same QAT recipe on the SiLU network')
     ap.add_argument('--control-only', action='store_true', help="only the control, added to an earlier run's act_swap.json in --out")
     a = ap.parse_args(argv)
@@ -50,8 +51,9 @@ def main(argv=None):
     from kltn_qat.deployment.export import export_onnx, export_fp32
     from kltn_qat.deployment.benchmark import benchmark, op_profile
     out = Path(a.out).absolute(); out.mkdir(parents=True, exist_ok=True)
+    fe = a.epochs - 1 if a.freeze_epoch is None else a.freeze_epoch
     qat = {'epochs': a.epochs, 'lr_factor': a.lr_factor, 'distill_weight': a.distill, 'distill_kind': 'logit',
-           'freeze_bn_epoch': a.epochs - 1, 'freeze_observer_epoch': a.epochs - 1}
+           'freeze_bn_epoch': fe, 'freeze_observer_epoch': fe}
     score = lambda w, name: evaluate(w, a.data, 'test', batch=1 if str(w).endswith('.onnx') else 16, device='cpu', workdir=out / 'eval' / name)
     def control(rows):
         t = time.time()

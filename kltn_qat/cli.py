@@ -272,16 +272,17 @@ def evaluate_cmd(json_out:str|None=None, # also write the metrics here
 def benchmark_train_cmd(weights:str='yolov8n.yaml', # FP32 .pt or a model yaml
                         nc:int|None=None,          # classes, for a model yaml
                         qconfig:str='w8a8',        # preset name or YAML file of the QAT model
+                        activation:str='',         # 'relu': the QAT models are the network with every SiLU swapped (`qat.activation`); FP32 stays as given
                         json_out:str|None=None,    # also write the table here
                         **kw):
     "time of one training step, QAT (three quantizer/BN states) vs FP32, side by side"
     import copy, torch
     from kltn_qat.evaluation import benchmark_train_step
-    from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat
+    from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, swap_activation
     from kltn_qat.quantization.fake_quantize import observing, set_quant_state
     from kltn_qat.quantization.qat_modules import freeze_bn
     fp32 = load_fp32(weights, nc=nc)
-    qat = prepare_qat(fp32, qconfig)
+    qat = prepare_qat(swap_activation(fp32, activation) if activation else fp32, qconfig)
     set_quant_state(qat, observers=True, fake_quant=True)        # ranges updated every step, BN on batch statistics
     frozen = copy.deepcopy(qat).eval()
     with torch.no_grad(), observing(frozen): frozen(torch.rand(2, 3, kw['imgsz'], kw['imgsz']))
