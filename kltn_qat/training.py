@@ -8,8 +8,8 @@ Docs: https://kltn-qat.github.io/kltn_qat/training.html.md"""
 __all__ = ['QAT_DEFAULT_LR', 'check_model_source', 'progress_callbacks', 'tensorboard_callbacks', 'train_fp32',
            'check_qat_config', 'qat_stage', 'qat_recipe', 'recipe_lines', 'explain', 'apply_qat_stage', 'track_weights',
            'QATModelEMA', 'distill_loss', 'DistillCriterion', 'torchrun_world', 'init_distributed', 'QATDDP',
-           'QATTrainer', 'resume_state', 'qat_train_args', 'select_row', 'write_drift', 'read_drift', 'train_qat',
-           'plot_training']
+           'QATTrainer', 'resume_state', 'qat_train_args', 'select_row', 'write_drift', 'read_drift', 'teacher_warning',
+           'train_qat', 'plot_training']
 
 # %% ../nbs/30_training.ipynb #96545080
 import os, copy, math, csv, json, time, random
@@ -569,6 +569,21 @@ def read_drift(path:str|Path)->list[dict]:
     with open(path) as f: return [{k: (v if k == 'stage' else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def teacher_warning(rows:list[dict],    # drift rows, with the teacher's `fp32` row
+                    selected:str,        # the kept stage
+                    extra:dict,          # the QAT checkpoint's `extra` (its teacher and calibration weights)
+                    activation:str='',   # `qat.activation`
+                    tol:float=0.003,     # mAP50-95 below the teacher that is still "as good" (0.3 points)
+                   )->str|None:
+    "Where the kept model is a network other than its teacher (swapped activation, another `--teacher`) and scores more than `tol` below it on validation: why; else None."
+    t, w = extra.get('teacher'), (extra.get('calibration') or {}).get('weights')
+    other = bool(activation) or bool(t and w and str(w).endswith('.pt') and Path(t).resolve() != Path(w).resolve())
+    f, k = (next((r for r in rows if r['stage'] == s), None) for s in ('fp32', selected))
+    if not (other and f and k and k['map50_95'] < f['map50_95'] - tol): return None
+    return (f"the trained network ({selected}{', ' + activation if activation else ''}) scores {100 * (f['map50_95'] - k['map50_95']):.2f} "
+            "mAP50-95 points below its FP32 teacher on validation; selection only compared it with its own PTQ: "
+            "train it longer (qat.epochs, configs/relu.yaml) or keep the teacher's network")
+
 # %% ../nbs/30_training.ipynb #ebcd0bbb
 def train_qat(data:str|Path,                   # a data.yaml
               weights:str|Path,                # the FP32 model: an Ultralytics .pt (or a model yaml, for tests)
@@ -655,11 +670,8 @@ def train_qat(data:str|Path,                   # a data.yaml
             "A gain inside the margin is selection noise; a loss: try a lower qat.lr, fewer epochs or more training images.")
     elif ptq_row: log(f"kept {res['selected']} (validation mAP50-95 {next(r['map50_95'] for r in rows if r['stage'] == res['selected']):.4f}, "
                       f"PTQ {ptq_row['map50_95']:.4f})")
-    fp32_row, kept = next((r for r in rows if r['stage'] == 'fp32'), None), next((r for r in rows if r['stage'] == res['selected']), None)
-    if tr.qat_cfg.activation and fp32_row and kept and kept['map50_95'] < fp32_row['map50_95'] - 0.003:
-        res['warning'] = (f"the {tr.qat_cfg.activation} network ({res['selected']}) scores {100 * (fp32_row['map50_95'] - kept['map50_95']):.2f} "
-                          f"mAP50-95 points below its FP32 teacher on validation: train it longer (qat.epochs, configs/relu.yaml) or keep SiLU")
-        log('WARNING: ' + res['warning'])
+    w = teacher_warning(rows, res['selected'], tr.qat_info['extra'], tr.qat_cfg.activation)
+    if w: res['warning'] = w; log('WARNING: ' + w)
     return res
 
 
