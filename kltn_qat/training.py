@@ -12,7 +12,7 @@ __all__ = ['QAT_DEFAULT_LR', 'check_model_source', 'progress_callbacks', 'tensor
            'train_qat', 'plot_training']
 
 # %% ../nbs/30_training.ipynb #96545080
-import os, copy, math, csv, json, time, random
+import os, copy, math, csv, json, time, random, warnings
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -140,6 +140,11 @@ def check_qat_config(cfg:QATConfig|dict|None)->QATConfig:
     if cfg.distill_weight < 0: raise ConfigError(f"'qat.distill_weight' must be >= 0, got {cfg.distill_weight}")
     if cfg.activation not in ('', *ACTIVATIONS):
         raise ConfigError(f"'qat.activation' must be '' (keep the model's) or one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    for k in ('freeze_bn_epoch', 'freeze_observer_epoch'):
+        e = getattr(cfg, k)
+        if e is not None and e >= cfg.epochs:
+            warnings.warn(f"'qat.{k}' is {e}, but QAT runs epochs 0..{cfg.epochs - 1}: it never takes effect "
+                          f"(set it below qat.epochs, or null to say never)", UserWarning, stacklevel=2)
     for i, st in enumerate(cfg.progressive):
         w = f"qat.progressive[{i}]"
         if not isinstance(st, dict) or set(st) - {'epoch', 'enable'} or 'epoch' not in st or 'enable' not in st:
