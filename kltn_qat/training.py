@@ -217,7 +217,8 @@ def explain(config:str|Path|Config|None=None, # a study config (YAML) or a Confi
     w = str(weights or cfg.model.cfg)
     trust = trust_pickle or cfg.model.trust_pickle
     recipe = qat_recipe(cfg.qat, fp32_train_args(w, trust=trust), imgsz or cfg.model.imgsz)
-    model = prepare_qat(load_fp32(w, trust=trust), cfg.qconfig)
+    fp = load_fp32(w, trust=trust)
+    model = prepare_qat(swap_activation(fp, cfg.qat.activation) if cfg.qat.activation else fp, cfg.qconfig)   # the network QAT trains
     layers = layer_table(model)
     c = cfg.calibration
     lines = [f"# What `{cfg.name}` does to {Path(w).name}", '', '## QAT recipe (value, and where it comes from)', '```',
