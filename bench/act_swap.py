@@ -3,7 +3,7 @@
 onnxruntime folds a ReLU after an integer convolution into its requantization, while each SiLU costs a
 QLinearSigmoid and a QLinearMul (a third of the INT8 kernel time at 640 px). This study swaps every SiLU of a trained
 FP32 model for ReLU, fine-tunes the swapped network with fake quantization (`train_qat`) and the original SiLU model as
-distillation teacher (`--teacher`), and scores every model on the test split at the model's own size:
+distillation teacher — the product path, `qat.activation: relu` in `train_qat` — and scores every model on the test split at the model's own size:
 
   fp32_silu        the FP32 model as trained
   ptq_silu         its PTQ (fake-quant .pt) and INT8 ONNX: what the default pipeline ships without QAT
@@ -24,7 +24,7 @@ BENCH = Path(__file__).resolve().parent
 
 
 def swapped_checkpoint(src:Path, dst:Path)->Path:
-    "An Ultralytics .pt like `src` holding `swap_activation(model)` (every SiLU a ReLU, the yaml saying so; no EMA), readable by `load_fp32`."
+    "An Ultralytics .pt like `src` holding `swap_activation(model)` (every SiLU a ReLU, the yaml saying so; no EMA): the untrained row."
     import torch
     from kltn_qat.models.yolov8_qat import swap_activation
     ck = torch.load(src, map_location='cpu', weights_only=False)
@@ -66,11 +66,10 @@ def main(argv=None):
     rows['fp32_silu'] = score(a.model, 'fp32_silu')
     ptq = calibrate_checkpoint(a.model, a.data, out / 'ptq_silu.pt')
     rows['ptq_silu'] = score(ptq, 'ptq_silu'); rows['ptq_silu_onnx_int8'] = score(export_onnx(ptq, out / 'ptq_silu_int8.onnx'), 'ptq_silu_onnx')
-    relu = swapped_checkpoint(Path(a.model), out / 'fp32_relu_swap.pt')
-    rows['fp32_relu_swap'] = score(relu, 'fp32_relu_swap')
+    rows['fp32_relu_swap'] = score(swapped_checkpoint(Path(a.model), out / 'fp32_relu_swap.pt'), 'fp32_relu_swap')
     # the swapped network has to learn new activations: BN statistics and activation ranges move with it until the last epoch
     t1 = time.time()
-    r = train_qat(a.data, relu, qat=qat, seed=a.seed, project=out, name='qat_relu', exist_ok=True, teacher=a.model)
+    r = train_qat(a.data, a.model, qat={**qat, 'activation': 'relu'}, seed=a.seed, project=out, name='qat_relu', exist_ok=True)
     train_s = round(time.time() - t1)
     rows['qat_relu'] = {**score(r['qat'], 'qat_relu'), 'selected': r['selected']}
     rows['qat_relu_onnx_int8'] = score(export_onnx(r['qat'], out / 'qat_relu_int8.onnx'), 'qat_relu_onnx')
@@ -83,7 +82,7 @@ def main(argv=None):
     speed = {}
     for th in (1, 2):
         df = benchmark(files, threads=th, runs=a.runs, memory=False)
-        speed[th] = {n: {'median_ms': float(m), 'latency_x': float(x)} for n, m, x in zip(df['name'], df['median_ms'], df['latency_x'])}
+        speed[str(th)] = {n: {'median_ms': float(m), 'latency_x': float(x)} for n, m, x in zip(df['name'], df['median_ms'], df['latency_x'])}
     ops = {n: op_profile(f, threads=1, runs=10).ms.round(2).head(6).to_dict() for n, f in files}
     meta = {'model': Path(a.model).name, 'qat': qat, 'seed': a.seed, 'train_seconds': train_s, 'seconds': round(time.time() - t0),
             'speed_imgsz': s, 'runs': a.runs, 'machine': {k: df.attrs.get(k) for k in ('cpu', 'cpu_flags', 'cores', 'onnxruntime', 'loadavg')}}
@@ -106,9 +105,9 @@ def report(res:dict)->str:
     for k, r in rows.items():
         lines.append(f"| {k}{' (kept: ' + r['selected'] + ')' if 'selected' in r else ''} | {r['map50']:.3f} | {r['map50_95']:.3f} | {100 * (r['map50_95'] - f):+.2f} |")
     lines += ['', f"| {m['speed_imgsz']} px, onnxruntime | 1 thread ms (× FP32) | 2 threads ms (× FP32) |", '|---|---|---|']
-    for n in sp['1']if '1' in sp else sp[1]:
-        g = lambda th: (sp.get(str(th)) or sp[th])[n]
-        lines.append(f"| {n} | {g(1)['median_ms']:.1f} ({g(1)['latency_x']:.2f}) | {g(2)['median_ms']:.1f} ({g(2)['latency_x']:.2f}) |")
+    for n in sp['1']:
+        t1, t2 = sp['1'][n], sp['2'][n]
+        lines.append(f"| {n} | {t1['median_ms']:.1f} ({t1['latency_x']:.2f}) | {t2['median_ms']:.1f} ({t2['latency_x']:.2f}) |")
     lines += ['', f"QAT of the swapped network: {json.dumps(m['qat'])}, seed {m['seed']}, teacher {m['model']} (SiLU), "
               f"{m['train_seconds']} s of training; whole study {m['seconds']} s. Scored on the test split at the model's own size."]
     if 'qat_silu_control' in rows:

@@ -27,14 +27,6 @@ from kltn_qat.quantization.qat_modules import freeze_bn
 from kltn_qat.evaluation import _prep_train, _dummy_batch
 
 
-def native_fake_quant(self, x):
-    "`FakeQuantize._fake_quant` as it was before issue 16: PyTorch's own kernels."
-    s = self.scheme
-    if s.per_channel:
-        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.ndim, s.qmin, s.qmax)
-    return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, s.qmin, s.qmax)
-
-
 class _BoolBackward(_FakeQuantPerTensor):
     "The vectorized kernel with the backward it had first: the bool mask multiplied in (PyTorch converts it to float)."
     @staticmethod
@@ -43,11 +35,17 @@ class _BoolBackward(_FakeQuantPerTensor):
         return grad * mask, None, None, None, None
 
 
-def bool_backward_fake_quant(self, x):
-    s = self.scheme
-    if s.per_channel:
-        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.ndim, s.qmin, s.qmax)
-    return _BoolBackward.apply(x, self.scale, self.zero_point, s.qmin, s.qmax)
+def with_per_tensor(fn):
+    "A `FakeQuantize._fake_quant` whose per-tensor case runs `fn` (per-channel weights keep PyTorch's kernel, as in the library)."
+    def fake_quant(self, x):
+        s = self.scheme
+        if s.per_channel:
+            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.ndim, s.qmin, s.qmax)
+        return fn(x, self.scale, self.zero_point, s.qmin, s.qmax)
+    return fake_quant
+
+native_fake_quant = with_per_tensor(torch.fake_quantize_per_tensor_affine)   # as before issue 16: PyTorch's own kernels
+bool_backward_fake_quant = with_per_tensor(_BoolBackward.apply)
 
 
 def cpu_flags():

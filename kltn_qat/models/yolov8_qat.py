@@ -533,6 +533,9 @@ def swap_activation(model:DetectionModel, # a float Ultralytics model with SiLU 
     if act not in ACTIVATIONS: raise ConfigError(f"activation {act!r} is not one kltn_qat can swap SiLU for: use {', '.join(ACTIVATIONS)}")
     if any(isinstance(fq, FakeQuantize) for fq in model.modules()):
         raise QuantError("swap_activation needs the float model: swap first, then prepare_qat")
+    have = model_activation(model)
+    if have not in ('silu', act):
+        raise QuantError(f"the model's yaml declares activation {have!r}: swap_activation replaces SiLU only; train the FP32 model with SiLU, or keep its activation")
     cls, spec = ACTIVATIONS[act]
     m = copy.deepcopy(model)
     for mod in m.modules():
@@ -543,7 +546,8 @@ def swap_activation(model:DetectionModel, # a float Ultralytics model with SiLU 
     return m
 
 def model_activation(model:DetectionModel)->str:
-    "The activation a model's yaml declares ('silu' when it declares none, Ultralytics' default)."
+    "The activation a model's yaml declares: 'silu' (also when it declares none, Ultralytics' default), a key of `ACTIVATIONS`, or the yaml's own text."
     spec = (getattr(model, 'yaml', None) or {}).get('activation')
-    return next((k for k, (_, s) in ACTIVATIONS.items() if s == spec), 'silu' if spec is None else str(spec))
+    if spec is None or spec.replace(' ', '') in ('nn.SiLU()', 'torch.nn.SiLU()'): return 'silu'
+    return next((k for k, (_, s) in ACTIVATIONS.items() if s == spec.replace(' ', '')), str(spec))
 
