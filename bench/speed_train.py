@@ -12,7 +12,13 @@ with --threads 1 it does not count threads waiting for each other either):
   qat_default_recipe        QAT as `train_qat` runs it with the default config (qat.freeze_bn_epoch 0, freeze_observer_epoch 0):
                             BN and observers frozen, each layer one convolution with the folded, quantized weight
 The first four keep BN on batch statistics (the layer divides the BN factor back out and normalizes), as FP32 training does.
+--rows picks some of them (the first one given is the reference of the ratios).
 With --profile, torch.profiler's table of fp32, qat_torch_kernel, qat and qat_default_recipe (one step each) follows.
+With --chain, the first layer's quantized SiLU (its three quantizers, sigmoid and product, as the default recipe trains
+it) is timed alone against its float SiLU, forward and backward, on the activation of --batch images at --imgsz:
+at 640 px, batch 8, a 50 MB tensor, above the size from which glibc's malloc maps fresh pages for every allocation.
+Run it also with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 in the environment (glibc then keeps large
+tensors on its heap instead of mapping fresh pages for each) to see what those page faults cost, and the steps the same way.
 
     python bench/speed_train.py --weights bench/models/quick_converged_yolov8n.pt --imgsz 640 --batch 8 --steps 3
 """
@@ -77,6 +83,24 @@ def train_steps(models:dict, imgsz:int, batch:int, steps:int, warmup:int, bn_eva
     return df
 
 
+def chain_times(model, imgsz:int, batch:int, runs:int=5)->pd.DataFrame:
+    "Median ms of the first layer's quantized SiLU (fq_pre, sigmoid, fq_sig, product, fq_out) and of a float SiLU, forward and backward."
+    stem = model.model[0]; was = stem.training; stem.train()
+    y0 = torch.randn(batch, stem.conv.out_channels, imgsz // 2, imgsz // 2) * 3; g = torch.randn_like(y0) * 1e-3
+    def quantized(y): p = stem.fq_pre(y); return stem.fq_out(p * stem.fq_sig(torch.sigmoid(p)))
+    rows = {}
+    for name, f in (('quantized SiLU', quantized), ('float SiLU', torch.nn.functional.silu)):
+        fw, bw = [], []
+        for _ in range(runs + 1):
+            y = y0.clone().requires_grad_(); t = time.perf_counter(); out = f(y); t1 = time.perf_counter(); out.backward(g)
+            fw.append(1e3 * (t1 - t)); bw.append(1e3 * (time.perf_counter() - t1))
+        rows[name] = {'forward_ms': statistics.median(fw[1:]), 'backward_ms': statistics.median(bw[1:])}
+    stem.train(was)
+    print(f"first layer's activation: {list(y0.shape)}, {y0.numel() * 4 / 2**20:.0f} MiB; "
+          f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}, MALLOC_TRIM_THRESHOLD_={os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')}")
+    return pd.DataFrame(rows).T
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--weights', default='bench/models/quick_converged_yolov8n.pt'); ap.add_argument('--qconfig', default='w8a8')
@@ -84,6 +108,8 @@ def main():
     ap.add_argument('--steps', type=int, default=3); ap.add_argument('--warmup', type=int, default=1)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s own)')
     ap.add_argument('--profile', action='store_true'); ap.add_argument('--json', default=None)
+    ap.add_argument('--rows', nargs='+', default=None, help='time only these rows (the first is the reference)')
+    ap.add_argument('--chain', action='store_true', help="time the first layer's quantized SiLU alone against its float SiLU")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     fp32 = load_fp32(a.weights)
@@ -98,11 +124,17 @@ def main():
     recipe = copy.deepcopy(frozen); freeze_bn(recipe, True)
     models = {'fp32': fp32, 'qat_torch_kernel': native, 'qat_bool_backward': boolb, 'qat': frozen, 'qat_observers_on': qat_on,
               'fp32_bn_frozen': fp32, 'qat_default_recipe': recipe}
+    if a.chain: print(chain_times(recipe, a.imgsz, a.batch).to_string(float_format=lambda v: f"{v:.1f}"))
+    if a.rows:
+        unknown = [r for r in a.rows if r not in models]
+        if unknown: ap.error(f"unknown rows {unknown}: choose from {list(models)}")
+        models = {r: models[r] for r in a.rows}
     info0 = os.getloadavg()[0]
-    df = train_steps(models, a.imgsz, a.batch, a.steps, a.warmup, bn_eval=('fp32_bn_frozen',))
+    df = train_steps(models, a.imgsz, a.batch, a.steps, a.warmup, bn_eval=tuple(k for k in ('fp32_bn_frozen',) if k in models))
     info = {'cpu': platform.processor() or next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?'),
             'cpu_flags': cpu_flags(), 'cores': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
-            'imgsz': a.imgsz, 'batch': a.batch, 'steps': a.steps, 'loadavg': [info0, os.getloadavg()[0]]}
+            'imgsz': a.imgsz, 'batch': a.batch, 'steps': a.steps, 'loadavg': [info0, os.getloadavg()[0]],
+            'malloc_env': {k: os.environ[k] for k in ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_') if k in os.environ}}
     print(info); print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     if a.json: open(a.json, 'w').write(json.dumps({'settings': info, 'rows': df.reset_index().to_dict(orient='records')}, indent=1))
     if a.profile:

@@ -154,12 +154,13 @@ def latency_torch(model:nn.Module, imgsz:int=320, batch:int=1, runs:int=20, warm
     x = torch.rand(batch, 3, imgsz, imgsz, device=dev)
     ms = []
     try:
-        with torch.no_grad(), PeakMemory() as pm:
-            for i in range(warmup + runs):
+        with torch.no_grad():
+            for i in range(warmup + runs):   # timed without the memory probe: its sampling thread and tracemalloc would slow what they time
                 if dev.type == 'cuda': torch.cuda.synchronize()
                 t = time.perf_counter(); m(x)
                 if dev.type == 'cuda': torch.cuda.synchronize()
                 if i >= warmup: ms.append(1000 * (time.perf_counter() - t))
+            with PeakMemory() as pm: m(x)   # memory: one more run, under the probe
     finally: torch.set_num_threads(old)
     return {**_stats(ms), **pm.result}
 
@@ -188,17 +189,18 @@ def benchmark_train_step(models:dict[str,nn.Module], # name -> model (the first 
     nc = next(iter(ms.values())).model[-1].nc
     b = _dummy_batch(batch, imgsz, nc, dev)
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5) for k, m in ms.items()}
+    def step(k):
+        opts[k].zero_grad(); loss, _ = ms[k].loss(b); loss.sum().backward(); opts[k].step()
     times, mem = {k: [] for k in ms}, {}
-    for i in range(warmup + steps):
-        for k, m in ms.items():
-            with PeakMemory() as pm:
-                if dev.type == 'cuda': torch.cuda.synchronize()
-                t = time.perf_counter()
-                opts[k].zero_grad(); loss, _ = m.loss(b); loss.sum().backward(); opts[k].step()
-                if dev.type == 'cuda': torch.cuda.synchronize()
-                dt = 1000 * (time.perf_counter() - t)
-            if i >= warmup: times[k].append(dt)
-            mem[k] = max(mem.get(k, 0), pm.result['peak_rss_mb'])
+    for i in range(warmup + steps):   # timed without the memory probe: its sampling thread and tracemalloc would slow what they time
+        for k in ms:
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            t = time.perf_counter(); step(k)
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            if i >= warmup: times[k].append(1000 * (time.perf_counter() - t))
+    for k in ms:   # memory: one more step each, under the probe
+        with PeakMemory() as pm: step(k)
+        mem[k] = pm.result['peak_rss_mb']
     ref = statistics.median(times[next(iter(ms))])
     rows = [{'model': k, 'step_ms': statistics.median(v), 'p90_ms': _stats(v)['p90_ms'], 'ratio': statistics.median(v) / ref,
              'peak_rss_mb': mem[k]} for k, v in times.items()]
