@@ -19,15 +19,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from kltn_qat.deployment.export import export_onnx, make_session, load_onnx, ort_session_options
 from kltn_qat.deployment.benchmark import benchmark, print_benchmark, op_profile, machine_info
-
-
-def _graph(path):
-    import onnx
-    m = onnx.load(path); g = m.graph
-    cons, prod = {}, {o: n for n in g.node for o in n.output}
-    for n in g.node:
-        for i in n.input: cons.setdefault(i, []).append(n)
-    return m, g, cons, prod
+from speed_silu import _graph   # bench/ is on the path when run as `python bench/speed_neck.py`
 
 
 def _scale(g, name):
