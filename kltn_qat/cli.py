@@ -277,11 +277,12 @@ def benchmark_train_cmd(weights:str='yolov8n.yaml', # FP32 .pt or a model yaml
                         **kw):
     "time of one training step, QAT (three quantizer/BN states) vs FP32, side by side"
     import copy, torch
-    from kltn_qat.evaluation import benchmark_train_step
+    from kltn_qat.evaluation import benchmark_train_step, own_imgsz
     from kltn_qat.models.yolov8_qat import load_fp32, prepare_qat, swap_activation
     from kltn_qat.quantization.fake_quantize import observing, set_quant_state
     from kltn_qat.quantization.qat_modules import freeze_bn
     fp32 = load_fp32(weights, nc=nc)
+    kw['imgsz'] = kw.get('imgsz') or own_imgsz(fp32)                 # the model's own size unless --imgsz says otherwise
     qat = prepare_qat(swap_activation(fp32, activation) if activation else fp32, qconfig)
     set_quant_state(qat, observers=True, fake_quant=True)        # ranges updated every step, BN on batch statistics
     frozen = copy.deepcopy(qat).eval()
@@ -289,6 +290,7 @@ def benchmark_train_cmd(weights:str='yolov8n.yaml', # FP32 .pt or a model yaml
     set_quant_state(frozen, observers=False)                       # fixed ranges, BN still on batch statistics
     recipe = copy.deepcopy(frozen); freeze_bn(recipe)              # the default recipe (qat.freeze_bn_epoch 0, freeze_observer_epoch 0)
     df = benchmark_train_step({'fp32': fp32, 'qat_observers_on': qat, 'qat_observers_frozen': frozen, 'qat_default_recipe': recipe}, **kw)
+    print(f"{kw['imgsz']} px, batch {kw.get('batch', 8)}, {torch.get_num_threads()} torch threads, device {kw.get('device') or 'cpu'}")
     print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     if json_out: Path(json_out).write_text(df.reset_index().to_json(orient='records', indent=1))
 
